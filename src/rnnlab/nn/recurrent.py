@@ -1,0 +1,507 @@
+"""Recurrent layers — vanilla RNN, LSTM, GRU — with backpropagation through time by hand.
+
+The vanilla RNN is the textbook recurrence (applied per layer ``k`` and direction)::
+
+    h_t = act(W_hh h_{t-1} + W_xh x_t + b_h)        act = tanh (default) | relu
+
+with the output layer ``y_t = W_hy h_t + b_y`` left to a :class:`~rnnlab.nn.linear.Linear`
+applied to every step. LSTM and GRU follow PyTorch's gate order (see :mod:`rnnlab.nn.cells`).
+
+Shapes (time-major by default; ``batch_first=True`` swaps the first two axes of ``x`` and ``y``)::
+
+    x        (T, B, I)          input sequence
+    y        (T, B, D*H)        top layer's h_t for every step (both directions concatenated)
+    state    (L*D, B, H)        h_0 per layer and direction; LSTM: the tuple (h_0, c_0)
+    lengths  (B,)               optional true lengths of a padded batch
+
+Backpropagation through time, per layer and direction, walking ``t = T-1 .. 0``::
+
+    dL/dh_t     = dy_t + dL/dh_t (from step t+1)         -> kept in cache["dh"][layer][dir]
+    da_t        = cell backward step (see cells.py)
+    dL/dh_{t-1} = da_t W_hh
+    dW_hh = sum_t da_t^T h_{t-1};  dW_xh = sum_t da_t^T x_t;  db_h = sum_t da_t;  dx_t = da_t W_xh
+
+The three sums are single GEMMs over all ``T*B`` rows once the loop is done, so the loop itself
+runs one ``(B, H) x (H, G*H)`` GEMM and a few fused elementwise kernels per step.
+
+Plain reference loop of the forward pass (one layer, one direction, no padding)::
+
+    h = h0
+    for t in range(T):
+        h = tanh(x[t] @ W_xh.T + b_h + h @ W_hh.T)
+        y[t] = h
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from . import cells
+from . import init as winit
+from .module import Module
+
+
+class _Recurrent(Module):
+    """Layers, directions, padding masks, dropout and the weight-gradient GEMMs, shared by the
+    three cells. Subclasses supply ``gates`` and the per-direction loops over time."""
+
+    gates = 1
+    has_cell_state = False
+    mode = "rnn"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype=np.float32,
+        rng: np.random.Generator | None = None,
+        init: str = "uniform",
+        recurrent_init: str | None = None,
+        forget_bias: float | None = None,
+    ) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1 or num_layers < 1:
+            raise ValueError("input_size, hidden_size and num_layers must be positive")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if init not in ("uniform", "xavier"):
+            raise ValueError(f"init must be 'uniform' or 'xavier', got {init!r}")
+        if recurrent_init not in (None, "orthogonal"):
+            raise ValueError(f"recurrent_init must be None or 'orthogonal', got {recurrent_init!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        self.param_dtype = np.dtype(dtype)
+        rng = rng if rng is not None else np.random.default_rng()
+        H, G = hidden_size, self.gates
+        self.names: list[list[dict[str, str]]] = []  # [layer][direction] -> role -> param name
+        for k in range(num_layers):
+            layer_names = []
+            in_k = input_size if k == 0 else H * self.num_directions
+            for d in range(self.num_directions):
+                sfx = f"_l{k}" + ("_reverse" if d == 1 else "")
+                n = {"W_xh": "W_xh" + sfx, "W_hh": "W_hh" + sfx}
+                if init == "xavier":
+                    w_xh = np.concatenate([winit.xavier_uniform(rng, (H, in_k), dtype) for _ in range(G)])
+                else:
+                    w_xh = winit.uniform_fan(rng, (G * H, in_k), H, dtype)
+                if recurrent_init == "orthogonal":
+                    w_hh = np.concatenate([winit.orthogonal(rng, (H, H), dtype) for _ in range(G)])
+                elif init == "xavier":
+                    w_hh = np.concatenate([winit.xavier_uniform(rng, (H, H), dtype) for _ in range(G)])
+                else:
+                    w_hh = winit.uniform_fan(rng, (G * H, H), H, dtype)
+                self.add_param(n["W_xh"], w_xh)
+                self.add_param(n["W_hh"], w_hh)
+                if bias:
+                    n["b_h"] = "b_h" + sfx
+                    if init == "xavier":
+                        b = np.zeros(G * H, dtype)
+                    else:
+                        b = winit.uniform_fan(rng, (G * H,), H, dtype)
+                    if forget_bias is not None and self.mode == "lstm":
+                        b[H : 2 * H] = forget_bias
+                    self.add_param(n["b_h"], b)
+                    if self.mode == "gru":
+                        n["b_hn"] = "b_hn" + sfx
+                        bn = np.zeros(H, dtype) if init == "xavier" else winit.uniform_fan(rng, (H,), H, dtype)
+                        self.add_param(n["b_hn"], bn)
+                layer_names.append(n)
+            self.names.append(layer_names)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s
+
+    # ------------------------------------------------------------------------- helpers
+    def _zeros_state(self, xp, B):
+        return xp.zeros((self.num_layers * self.num_directions, B, self.hidden_size), self.param_dtype)
+
+    def _check_state(self, xp, s, B, what):
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        s = xp.asarray(s, dtype=self.param_dtype)
+        if s.shape != (LD, B, H):
+            raise ValueError(f"{what} must have shape {(LD, B, H)}, got {tuple(s.shape)}")
+        return s
+
+    def _split_state(self, xp, state, B):
+        """``(h0, c0)`` as arrays (``c0`` is None for RNN/GRU)."""
+        if self.has_cell_state:
+            if state is None:
+                return self._zeros_state(xp, B), self._zeros_state(xp, B)
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ValueError("LSTM state must be the tuple (h, c)")
+            return self._check_state(xp, state[0], B, "h0"), self._check_state(xp, state[1], B, "c0")
+        if state is None:
+            return self._zeros_state(xp, B), None
+        return self._check_state(xp, state, B, "h0"), None
+
+    def _masks(self, xp, lengths, T, B):
+        """``(keep (T, B, 1) bool, mf (T, B, 1) float)``: ``keep`` marks padded steps (state is
+        carried unchanged), ``mf`` is 1.0 on real steps and 0.0 on padding."""
+        if lengths is None:
+            return None, None
+        lengths = backend.to_numpy(lengths)
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+        if not np.issubdtype(lengths.dtype, np.integer):
+            if not np.all(lengths == np.round(lengths)):
+                raise ValueError("lengths must be integers")
+            lengths = lengths.astype(np.int64)
+        if lengths.min(initial=0) < 0 or lengths.max(initial=0) > T:
+            raise ValueError(f"lengths must lie in [0, T={T}], got {lengths.min()}..{lengths.max()}")
+        valid = np.arange(T)[:, None] < lengths[None, :]  # (T, B)
+        keep = xp.asarray(~valid[:, :, None])
+        mf = xp.asarray(valid[:, :, None].astype(self.param_dtype))
+        return keep, mf
+
+    # ------------------------------------------------------------------------- forward
+    def forward(self, x, state=None, lengths=None, rng: np.random.Generator | None = None):
+        """Run the whole sequence. Returns ``(y, state_n, cache)``; see the module docstring.
+
+        ``rng`` is required when dropout is active (training mode, ``dropout > 0``, more than
+        one layer).
+        """
+        xp = backend.array_module(x)
+        x = xp.asarray(x, dtype=self.param_dtype)
+        if x.ndim != 3:
+            raise ValueError(f"input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I), got shape {tuple(x.shape)}")
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)  # (B, T, I) -> (T, B, I)
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
+        h0, c0 = self._split_state(xp, state, B)
+        keep, mf = self._masks(xp, lengths, T, B)
+        H, D = self.hidden_size, self.num_directions
+        hn = xp.empty_like(h0)
+        cn = xp.empty_like(c0) if c0 is not None else None
+        use_dropout = self.training and self.dropout > 0 and self.num_layers > 1
+        if use_dropout and rng is None:
+            raise ValueError("dropout is active: pass rng=np.random.Generator to forward")
+        layers = []
+        inp = x
+        for k in range(self.num_layers):
+            drop = None
+            if k > 0 and use_dropout:
+                keep_p = 1.0 - self.dropout
+                drop = xp.asarray(rng.random(inp.shape) < keep_p).astype(self.param_dtype) / keep_p
+                inp = inp * drop
+            dirs, outs = [], []
+            for d in range(D):
+                idx = k * D + d
+                dc = self._forward_dir(xp, inp, self._p(k, d), h0[idx], None if c0 is None else c0[idx], keep, d == 1)
+                out = dc["S"][:-1] if d == 1 else dc["S"][1:]  # (T, B, H) view
+                hn[idx] = dc["S"][0] if d == 1 else dc["S"][T]
+                if cn is not None:
+                    cn[idx] = dc["C"][0] if d == 1 else dc["C"][T]
+                dirs.append(dc)
+                outs.append(out)
+            if D == 1:
+                y = outs[0] if mf is None else outs[0] * mf
+            else:
+                y = xp.concatenate(outs, axis=2)  # (T, B, 2H)
+                if mf is not None:
+                    y *= mf
+            layers.append({"input": inp, "drop": drop, "dirs": dirs})
+            inp = y
+        cache = {"layers": layers, "keep": keep, "mf": mf, "T": T, "B": B,
+                 "dh": [[None] * D for _ in range(self.num_layers)]}
+        state_n = (hn, cn) if self.has_cell_state else hn
+        if self.batch_first:
+            y = y.transpose(1, 0, 2)  # (T, B, D*H) -> (B, T, D*H)
+        return y, state_n, cache
+
+    __call__ = forward
+
+    def _p(self, k, d):
+        n = self.names[k][d]
+        return {role: self.params[name] for role, name in n.items()}
+
+    def _g(self, k, d):
+        n = self.names[k][d]
+        return {role: self.grads[name] for role, name in n.items()}
+
+    def _input_projection(self, xp, inp, p):
+        """``(T, B, I) -> (T, B, G*H)``: ``x W_xh^T + b_h`` for all steps as one GEMM."""
+        T, B, I = inp.shape
+        a = xp.matmul(inp.reshape(T * B, I), p["W_xh"].T)  # (T*B, G*H)
+        if "b_h" in p:
+            a += p["b_h"]
+        return a.reshape(T, B, -1)  # (T, B, G*H)
+
+    # ------------------------------------------------------------------------- backward
+    def backward(self, dy, dstate_n, cache):
+        """Backpropagate through time. Returns ``(dx, dstate0)`` and adds into ``grads``.
+
+        ``dy`` is the gradient of the loss with respect to ``y`` (or None), ``dstate_n`` the
+        gradient with respect to ``state_n`` (or None; a tuple for the LSTM). After the call
+        ``cache["dh"][layer][direction]`` holds ``dL/dh_t`` for every step, ``(T, B, H)``.
+        """
+        T, B = cache["T"], cache["B"]
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        xp = backend.array_module(cache["layers"][0]["input"])
+        if dy is not None:
+            dy = xp.asarray(dy, dtype=self.param_dtype)
+            if self.batch_first:
+                dy = dy.transpose(1, 0, 2)  # (B, T, D*H) -> (T, B, D*H)
+            if dy.shape != (T, B, D * H):
+                raise ValueError(f"dy must have shape {(T, B, D * H)} (time-major), got {tuple(dy.shape)}")
+        dh_n, dc_n = None, None
+        if dstate_n is not None:
+            if self.has_cell_state:
+                dh_n, dc_n = dstate_n
+            else:
+                dh_n = dstate_n
+        dh0 = self._zeros_state(xp, B)
+        dc0 = self._zeros_state(xp, B) if self.has_cell_state else None
+        keep, mf = cache["keep"], cache["mf"]
+        for k in reversed(range(L)):
+            lc = cache["layers"][k]
+            inp = lc["input"]
+            dinp = xp.zeros(inp.shape, self.param_dtype)  # C-contiguous, so reshapes are views
+            for d in range(D):
+                idx = k * D + d
+                dy_d = None if dy is None else dy[:, :, d * H : (d + 1) * H]
+                dhn_d = None if dh_n is None else dh_n[idx]
+                dcn_d = None if dc_n is None else dc_n[idx]
+                DH, dh_first, dc_first = self._backward_dir(
+                    xp, dy_d, dhn_d, dcn_d, lc["dirs"][d], inp, self._p(k, d), self._g(k, d), keep, mf, d == 1, dinp
+                )
+                cache["dh"][k][d] = DH
+                dh0[idx] = dh_first
+                if dc0 is not None:
+                    dc0[idx] = dc_first
+            if lc["drop"] is not None:
+                dinp *= lc["drop"]
+            dy = dinp
+        dx = dy
+        if self.batch_first:
+            dx = dx.transpose(1, 0, 2)  # (T, B, I) -> (B, T, I)
+        return dx, ((dh0, dc0) if self.has_cell_state else dh0)
+
+    def _weight_grads(self, xp, dA, inp, hprev, p, g, dinp):
+        """The whole-sequence GEMMs: ``dW_hh += dA^T h_prev``, ``dW_xh += dA^T x``,
+        ``db_h += sum dA``, ``dx += dA W_xh`` with ``dA (T, B, G*H)``."""
+        T, B, GH = dA.shape
+        dA2 = dA.reshape(T * B, GH)  # (T*B, G*H)
+        x2 = inp.reshape(T * B, -1)  # (T*B, I)
+        g["W_hh"] += dA2.T @ hprev.reshape(T * B, -1)
+        g["W_xh"] += dA2.T @ x2
+        if "b_h" in g:
+            g["b_h"] += dA2.sum(axis=0)
+        dinp.reshape(T * B, -1)[...] += dA2 @ p["W_xh"]
+
+    @staticmethod
+    def _steps(T, reverse):
+        """Indices ``(t, prev, cur)`` into the ``(T+1, B, H)`` state buffer ``S``: forward
+        keeps ``h_t`` in ``S[t+1]`` (``S[0] = h0``), reverse keeps it in ``S[t]`` (``S[T] = h0``)."""
+        if reverse:
+            return [(t, t + 1, t) for t in range(T - 1, -1, -1)]
+        return [(t, t, t + 1) for t in range(T)]
+
+    def _init_dh(self, xp, dy_t, mf_t, dnext, out):
+        """``dL/dh_t = dy_t (real steps only) + dL/dh_t from step t+1``, into ``out``."""
+        if dy_t is None:
+            out[...] = dnext
+        else:
+            if mf_t is None:
+                xp.add(dy_t, dnext, out=out)
+            else:
+                xp.multiply(dy_t, mf_t, out=out)
+                out += dnext
+        return out
+
+
+class RNN(_Recurrent):
+    """Elman RNN, ``h_t = act(W_hh h_{t-1} + W_xh x_t + b_h)``, act = ``"tanh"`` or ``"relu"``.
+
+    Parameters per layer ``k``: ``W_xh_l{k} (H, I_k)``, ``W_hh_l{k} (H, H)``, ``b_h_l{k} (H,)``
+    (suffix ``_reverse`` for the second direction). PyTorch's ``bias_ih + bias_hh`` is ``b_h``.
+    """
+
+    gates = 1
+    mode = "rnn"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, **kw):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **kw)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
+
+    def _forward_dir(self, xp, inp, p, h0, c0, keep, reverse):
+        T, B, _ = inp.shape
+        H = self.hidden_size
+        S = xp.empty((T + 1, B, H), self.param_dtype)  # states; outputs are a view
+        S[T if reverse else 0] = h0
+        out = S[:-1] if reverse else S[1:]
+        out[...] = self._input_projection(xp, inp, p)
+        whh_t = p["W_hh"].T
+        tmp = xp.empty((B, H), self.param_dtype)
+        act = self.nonlinearity
+        for t, ip, ic in self._steps(T, reverse):
+            xp.matmul(S[ip], whh_t, out=tmp)
+            cur = S[ic]
+            cur += tmp
+            cells.rnn_forward_step(cur, act, xp)
+            if keep is not None:
+                xp.copyto(cur, S[ip], where=keep[t])
+        return {"S": S}
+
+    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, mf, reverse, dinp):
+        S = dc["S"]
+        T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
+        DH = xp.empty((T, B, H), self.param_dtype)
+        dA = xp.empty((T, B, H), self.param_dtype)
+        dnext = xp.zeros((B, H), self.param_dtype) if dh_n is None else xp.array(dh_n, dtype=self.param_dtype)
+        w_hh = p["W_hh"]
+        act = self.nonlinearity
+        for t, ip, ic in reversed(self._steps(T, reverse)):
+            dh = self._init_dh(xp, None if dy is None else dy[t], None if mf is None else mf[t], dnext, DH[t])
+            cells.rnn_backward_step(dh, S[ic], act, dA[t], xp)
+            if mf is not None:
+                dA[t] *= mf[t]
+            xp.matmul(dA[t], w_hh, out=dnext)
+            if keep is not None:
+                xp.copyto(dnext, dh, where=keep[t])
+        hprev = S[1:] if reverse else S[:-1]
+        self._weight_grads(xp, dA, inp, hprev, p, g, dinp)
+        return DH, dnext, None
+
+
+class LSTM(_Recurrent):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997, with forget gate), gates i, f, g, o.
+
+    Parameters per layer ``k``: ``W_xh_l{k} (4H, I_k)``, ``W_hh_l{k} (4H, H)``, ``b_h_l{k} (4H,)``.
+    State is the tuple ``(h, c)``. ``forget_bias=`` sets the forget gate's bias at init.
+    """
+
+    gates = 4
+    has_cell_state = True
+    mode = "lstm"
+
+    def _forward_dir(self, xp, inp, p, h0, c0, keep, reverse):
+        T, B, _ = inp.shape
+        H = self.hidden_size
+        A = self._input_projection(xp, inp, p)  # (T, B, 4H): pre-activations, then gates
+        S = xp.empty((T + 1, B, H), self.param_dtype)
+        C = xp.empty((T + 1, B, H), self.param_dtype)
+        TC = xp.empty((T, B, H), self.param_dtype)  # tanh(c_t)
+        S[T if reverse else 0] = h0
+        C[T if reverse else 0] = c0
+        whh_t = p["W_hh"].T
+        tmp = xp.empty((B, 4 * H), self.param_dtype)
+        for t, ip, ic in self._steps(T, reverse):
+            xp.matmul(S[ip], whh_t, out=tmp)
+            a = A[t]
+            a += tmp
+            cells.lstm_forward_step(a, C[ip], C[ic], TC[t], S[ic], xp)
+            if keep is not None:
+                xp.copyto(S[ic], S[ip], where=keep[t])
+                xp.copyto(C[ic], C[ip], where=keep[t])
+        return {"S": S, "C": C, "A": A, "TC": TC}
+
+    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, mf, reverse, dinp):
+        S, C, A, TC = dc["S"], dc["C"], dc["A"], dc["TC"]
+        T, B, H = TC.shape
+        DH = xp.empty((T, B, H), self.param_dtype)
+        dA = xp.empty((T, B, 4 * H), self.param_dtype)
+        dnext = xp.zeros((B, H), self.param_dtype) if dh_n is None else xp.array(dh_n, dtype=self.param_dtype)
+        dcell = xp.zeros((B, H), self.param_dtype) if dc_n is None else xp.array(dc_n, dtype=self.param_dtype)
+        w_hh = p["W_hh"]
+        for t, ip, ic in reversed(self._steps(T, reverse)):
+            dh = self._init_dh(xp, None if dy is None else dy[t], None if mf is None else mf[t], dnext, DH[t])
+            dh_eff = dh if mf is None else dh * mf[t]
+            dc_prev = cells.lstm_backward_step(dh_eff, dcell, A[t], C[ip], TC[t], dA[t], xp)
+            if mf is not None:
+                dA[t] *= mf[t]
+                xp.copyto(dc_prev, dcell, where=keep[t])
+            dcell = dc_prev
+            xp.matmul(dA[t], w_hh, out=dnext)
+            if keep is not None:
+                xp.copyto(dnext, dh, where=keep[t])
+        hprev = S[1:] if reverse else S[:-1]
+        self._weight_grads(xp, dA, inp, hprev, p, g, dinp)
+        return DH, dnext, dcell
+
+
+class GRU(_Recurrent):
+    """Gated recurrent unit (Cho et al. 2014), PyTorch's variant with ``b_hn`` inside the reset
+    product; gates r, z, n.
+
+    Parameters per layer ``k``: ``W_xh_l{k} (3H, I_k)``, ``W_hh_l{k} (3H, H)``, ``b_h_l{k} (3H,)``
+    (PyTorch's ``b_ir + b_hr``, ``b_iz + b_hz``, ``b_in``) and ``b_hn_l{k} (H,)``.
+    """
+
+    gates = 3
+    mode = "gru"
+
+    def _forward_dir(self, xp, inp, p, h0, c0, keep, reverse):
+        T, B, _ = inp.shape
+        H = self.hidden_size
+        A = self._input_projection(xp, inp, p)  # (T, B, 3H): input parts, then gates r, z, n
+        S = xp.empty((T + 1, B, H), self.param_dtype)
+        HN = xp.empty((T, B, H), self.param_dtype)  # W_hn h_{t-1} + b_hn
+        S[T if reverse else 0] = h0
+        whh_t = p["W_hh"].T
+        b_hn = p.get("b_hn")
+        hh = xp.empty((B, 3 * H), self.param_dtype)
+        for t, ip, ic in self._steps(T, reverse):
+            xp.matmul(S[ip], whh_t, out=hh)
+            cells.gru_forward_step(A[t], hh, b_hn, S[ip], HN[t], S[ic], xp)
+            if keep is not None:
+                xp.copyto(S[ic], S[ip], where=keep[t])
+        return {"S": S, "A": A, "HN": HN}
+
+    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, mf, reverse, dinp):
+        S, A, HN = dc["S"], dc["A"], dc["HN"]
+        T, B, H = HN.shape
+        DH = xp.empty((T, B, H), self.param_dtype)
+        dHH = xp.empty((T, B, 3 * H), self.param_dtype)  # [dar, daz, dhh_n]
+        dAn = xp.empty((T, B, H), self.param_dtype)  # candidate's input-side gradient
+        dnext = xp.zeros((B, H), self.param_dtype) if dh_n is None else xp.array(dh_n, dtype=self.param_dtype)
+        w_hh = p["W_hh"]
+        for t, ip, ic in reversed(self._steps(T, reverse)):
+            dh = self._init_dh(xp, None if dy is None else dy[t], None if mf is None else mf[t], dnext, DH[t])
+            dh_eff = dh if mf is None else dh * mf[t]
+            direct = cells.gru_backward_step(dh_eff, A[t], HN[t], S[ip], dHH[t], dAn[t], xp)
+            xp.matmul(dHH[t], w_hh, out=dnext)
+            dnext += direct
+            if keep is not None:
+                xp.copyto(dnext, dh, where=keep[t])
+        hprev = (S[1:] if reverse else S[:-1]).reshape(T * B, H)  # (T*B, H)
+        x2 = inp.reshape(T * B, -1)  # (T*B, I)
+        dHH2 = dHH.reshape(T * B, 3 * H)  # (T*B, 3H)
+        dAn2 = dAn.reshape(T * B, H)  # (T*B, H)
+        drz = dHH2[:, : 2 * H]
+        g["W_hh"] += dHH2.T @ hprev
+        g["W_xh"][: 2 * H] += drz.T @ x2
+        g["W_xh"][2 * H :] += dAn2.T @ x2
+        if "b_h" in g:
+            g["b_h"][: 2 * H] += drz.sum(axis=0)
+            g["b_h"][2 * H :] += dAn2.sum(axis=0)
+            g["b_hn"] += dHH2[:, 2 * H :].sum(axis=0)
+        dx2 = dinp.reshape(T * B, -1)
+        dx2 += drz @ p["W_xh"][: 2 * H]
+        dx2 += dAn2 @ p["W_xh"][2 * H :]
+        return DH, dnext, None
