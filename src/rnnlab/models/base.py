@@ -31,6 +31,10 @@ class LanguageModel(Module):
     def config(self) -> dict:
         raise NotImplementedError
 
+    def initial_state(self, xp, batch: int):
+        """The state at the start of a text for ``batch`` sequences (None: nothing carried)."""
+        return None
+
     def prefit(self, pairs) -> None:
         """Optional closed-form fit from ``(x, y)`` id batches before gradient training."""
 

@@ -50,6 +50,10 @@ class RecurrentLM(LanguageModel):
                 "layers": self.layers, "embed": self.embed_dim, "dropout": self.dropout,
                 "nonlinearity": self.nonlinearity, "dtype": self.param_dtype.name}
 
+    def initial_state(self, xp, batch: int):
+        h = xp.zeros((self.layers, batch, self.hidden), self.param_dtype)
+        return (h, xp.zeros_like(h)) if self.cell == "lstm" else h
+
     def forward(self, x, state=None, lengths=None, rng=None):
         xp = backend.array_module(x)
         if self.embed is not None:

@@ -1,0 +1,106 @@
+"""The training configuration: every option of ``rnnlab train``, its default and its check.
+
+The defaults are tuned so that a user who passes only a text file gets a good model on a
+laptop CPU (see docs/results.md for what they reach).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..errors import RnnlabError
+from ..models import MODEL_KINDS
+from ..optim import OPTIMIZERS, SCHEDULES
+
+
+@dataclass
+class TrainConfig:
+    model: str = "lstm"            # rnn | lstm | gru | mlp | cnn | bigram
+    layers: int = 2                # recurrent layers / MLP hidden layers / CNN conv layers
+    hidden: int = 256              # hidden units (recurrent H, MLP width, CNN channels)
+    embed: int = 64                # embedding size (0 = one-hot input for the recurrent models)
+    dropout: float = 0.0           # between recurrent layers and before the read-out
+    context: int = 8               # K: characters the MLP sees
+    kernel: int = 2                # CNN kernel size (dilations 1, 2, 4, ...)
+    seq_len: int = 100             # truncated-BPTT length (stream mode)
+    batch: int = 32                # parallel streams / items per batch
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    schedule: str = "cosine"       # constant | step | exponential | cosine (with warm-up)
+    warmup: int = 100              # warm-up steps of the cosine schedule
+    min_lr: float = 1e-4           # where the cosine schedule ends
+    weight_decay: float = 0.0
+    clip: float = 1.0              # global gradient-norm clipping (0 = off)
+    max_steps: int = 3000
+    max_time: float = 0.0          # seconds of training (0 = no limit); whichever comes first
+    eval_every: int = 250          # steps between validation passes and checkpoints
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    seed: int = 1337
+    lines: bool = False            # each non-empty line is one item (names, words, sentences)
+    dtype: str = "float32"
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)  # free-form notes (e.g. the demo's label)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config.json") -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise RnnlabError(f"{source}: expected a JSON object with the training options")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise RnnlabError(f"{source}: unknown option(s) {', '.join(unknown)}; was it written by a newer rnnlab?")
+        kw = {}
+        for k, v in d.items():
+            want = type(getattr(cls(), k))
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise RnnlabError(f"{source}: option {k!r} should be {want.__name__}, found {type(v).__name__}")
+            kw[k] = v
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`RnnlabError` naming the first option out of range."""
+        def need(ok, opt, what):
+            if not ok:
+                raise RnnlabError(f"--{opt.replace('_', '-')} {what}, got {getattr(self, opt)!r}")
+
+        need(self.model in MODEL_KINDS, "model", f"must be one of {', '.join(MODEL_KINDS)}")
+        for opt, lo, hi in (("layers", 1, 64), ("hidden", 1, 65536), ("context", 1, 4096), ("kernel", 1, 64),
+                            ("seq_len", 1, 100000), ("batch", 1, 100000), ("max_steps", 1, 10**9),
+                            ("eval_every", 1, 10**9), ("warmup", 0, 10**9)):
+            need(lo <= getattr(self, opt) <= hi, opt, f"must be an integer in [{lo}, {hi}]")
+        need(0 <= self.embed <= 65536, "embed", "must be in [0, 65536] (0 = one-hot input)")
+        need(self.embed > 0 or self.model in ("rnn", "lstm", "gru", "bigram"), "embed",
+             "must be positive for the mlp and cnn models")
+        need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number, e.g. 3e-3")
+        need(math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, --lr]")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(math.isfinite(self.clip) and self.clip >= 0, "clip", "must be >= 0 (0 turns clipping off)")
+        need(math.isfinite(self.max_time) and self.max_time >= 0, "max_time", "must be >= 0 seconds (0 = no limit)")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        need(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
+        need(self.dtype in ("float32", "float64"), "dtype", "must be float32 or float64")
+        need(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda")
+        need(0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
+        return self
+
+    def model_config(self, vocab_size: int) -> dict:
+        """Keyword arguments for :func:`rnnlab.models.build_model`."""
+        base = {"model": self.model, "vocab_size": vocab_size, "dtype": self.dtype}
+        if self.model in ("rnn", "lstm", "gru"):
+            return {**base, "hidden": self.hidden, "layers": self.layers, "embed": self.embed, "dropout": self.dropout}
+        if self.model == "mlp":
+            return {**base, "context": self.context, "embed": self.embed, "hidden": self.hidden,
+                    "layers": self.layers, "dropout": self.dropout}
+        if self.model == "cnn":
+            return {**base, "embed": self.embed, "channels": self.hidden, "layers": self.layers, "kernel": self.kernel}
+        return base  # bigram

@@ -1,0 +1,59 @@
+"""A training corpus: the text, its vocabulary, its splits, and where it came from.
+
+Stream mode keeps the encoded text as one compact integer array and splits it into a training
+head and contiguous validation and test tails. Lines mode keeps each non-empty line as an item
+(stored flat, :class:`~rnnlab.data.Ragged`) and holds out a random set of lines, chosen with a
+generator seeded from the run's seed so that a resumed run sees the same split.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import Ragged, Split, Vocab, builtin_corpus, encode_lines, read_lines, read_text, split_lines, split_stream
+from ..errors import RnnlabError
+
+
+@dataclass
+class Corpus:
+    mode: str              # "stream" | "lines"
+    vocab: Vocab
+    split: Split           # stream: id arrays; lines: Ragged items
+    source: str            # the path, or a description of the built-in corpus
+    sha256: str            # of the text, to notice a changed file on --resume
+    train_lines: list | None = None  # lines mode: the training items as text (to mark samples)
+
+    def describe(self) -> str:
+        return self.split.describe()
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_text(path: str | None) -> tuple[str, str]:
+    """``(text, source)``: the file at ``path``, or the built-in corpus when ``path`` is None."""
+    if path is None:
+        text, desc = builtin_corpus()
+        return text, desc
+    return read_text(path), str(path)
+
+
+def build_corpus(text: str, source: str, *, lines: bool, val_frac: float, test_frac: float, seed: int,
+                 vocab: Vocab | None = None) -> Corpus:
+    """Encode and split ``text``. With ``vocab`` (a resumed run) the text must fit it."""
+    digest = text_digest(text)
+    if lines:
+        items = read_lines(text)
+        if not items:
+            raise RnnlabError(f"{source} has no non-empty lines to use with --lines")
+        vocab = vocab or Vocab.from_lines(items)
+        rng = np.random.default_rng([seed, 0x5EED])  # the split's own generator
+        tr, va, te = split_lines(items, val_frac, test_frac, rng)
+        enc = [encode_lines(vocab, part, what=source) if part else Ragged.from_arrays([]) for part in (tr, va, te)]
+        return Corpus("lines", vocab, Split(*enc), source, digest, train_lines=tr)
+    vocab = vocab or Vocab.from_text(text)
+    ids = vocab.encode(text, what=source)
+    return Corpus("stream", vocab, split_stream(ids, val_frac, test_frac), source, digest)

@@ -1,0 +1,62 @@
+"""Held-out evaluation: average negative log-likelihood per character, in nats.
+
+::
+
+    loss  = -(1/N) sum_i log p(c_i | c_<i)      nats per character
+    bpc   = loss / ln 2                         bits per character
+    ppl   = exp(loss)                           perplexity
+
+Stream mode scores every character of the split except the first (nothing precedes it), in
+``B`` contiguous rows with the state carried along each row. Lines mode scores every character
+of every item plus its end token, each item from a fresh state.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ..data import lines_eval_batches, stream_eval_batches
+from ..nn.losses import softmax_cross_entropy
+
+
+def nll_sum(model, data, mode: str, batch_size: int = 32, seq_len: int = 100) -> tuple[float, int]:
+    """``(sum of -log p in nats, number of characters scored)`` over ``data`` (ids or items)."""
+    xp = backend.xp
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        if mode == "lines":
+            if len(data) == 0:
+                return 0.0, 0
+            for x, y, lengths in lines_eval_batches(data, batch_size):
+                logits, _, _ = model.forward(xp.asarray(x), None, lengths=lengths)
+                loss, _ = softmax_cross_entropy(logits, xp.asarray(y), reduction="sum")
+                total += backend.to_float(loss)
+                count += int((y >= 0).sum())
+        else:
+            if len(data) < 2:
+                return 0.0, 0
+            state = None
+            for x, y, reset in stream_eval_batches(data, batch_size, seq_len):
+                if reset:
+                    state = None
+                logits, state, _ = model.forward(xp.asarray(x), state)
+                loss, _ = softmax_cross_entropy(logits, xp.asarray(y), reduction="sum")
+                total += backend.to_float(loss)
+                count += int((y >= 0).sum())
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+def summarize(total: float, count: int) -> dict:
+    """The numbers a person reads: nats, bits per character, perplexity, characters."""
+    loss = total / count if count else float("nan")
+    return {"loss_nats": loss, "bits_per_char": loss / math.log(2) if count else float("nan"),
+            "perplexity": math.exp(loss) if count and loss < 700 else float("inf") if count else float("nan"),
+            "chars": count}
+
+
+def evaluate(model, data, mode: str, batch_size: int = 32, seq_len: int = 100) -> dict:
+    return summarize(*nll_sum(model, data, mode, batch_size, seq_len))

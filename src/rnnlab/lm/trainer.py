@@ -1,0 +1,373 @@
+"""One trainer for every language model: data, steps, evaluation, checkpoints, exact resume.
+
+Each step::
+
+    x, y (T, B)  ->  logits, state = model.forward(x, state)       (state carried in stream mode)
+    loss, dlogits = softmax_cross_entropy(logits, y)                mean nats per scored character
+    model.backward(dlogits, cache); clip_grad_norm; optimizer.step(); schedule.step()
+
+Everything a continuation needs is in ``checkpoints/last.safetensors``: the weights, the
+optimizer's slots, the carried state, and in its JSON metadata the step, the schedule, the
+generator and batcher positions. A run interrupted and resumed therefore ends bit-identical to
+one that ran straight through. Ctrl-C (or SIGTERM) is honoured between steps: the trainer writes
+``last`` and returns. A NaN or Inf loss stops training before the bad step touches the weights,
+keeps the last good checkpoint, and raises a :class:`RnnlabError` that suggests a cure.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import backend
+from ..data import LinesBatcher, StreamBatcher, Vocab
+from ..errors import RnnlabError
+from ..io import append_jsonl, atomic_write_json, read_jsonl
+from ..models import build_model
+from ..nn.losses import softmax_cross_entropy
+from ..optim import clip_grad_norm, flatten_state, make_optimizer, make_schedule, unflatten_state
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .corpus import Corpus
+from .evaluate import evaluate
+from .rundir import RunDir
+
+FORMAT = "rnnlab-run"
+FORMAT_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------ state I/O
+def _state_arrays(state) -> list:
+    if state is None:
+        return []
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def _state_from_arrays(model, arrays: list):
+    if not arrays:
+        return None
+    xs = [backend.asarray(a) for a in arrays]
+    return tuple(xs) if getattr(model, "cell", None) == "lstm" else xs[0]
+
+
+def initial_state(model, batch: int):
+    """The model's state at the start of a text (zeros / padding ids / None)."""
+    return model.initial_state(backend.xp, batch)
+
+
+def model_tensors(model) -> dict:
+    return {f"model.{k}": v for k, v in model.params.items()}
+
+
+def expected_model(model) -> dict:
+    return {f"model.{k}": (tuple(v.shape), v.dtype.name) for k, v in model.params.items()}
+
+
+def load_model_weights(model, path) -> dict:
+    """Load the ``model.*`` tensors of a checkpoint file into ``model``; returns the metadata."""
+    tensors, meta = load_checkpoint(path, expected=None)
+    apply_model_tensors(model, tensors, path)
+    return meta
+
+
+def apply_model_tensors(model, tensors: dict, path) -> None:
+    """Copy the ``model.*`` entries of checkpoint ``tensors`` into ``model``, checking each name,
+    shape and dtype against the model first."""
+    want = expected_model(model)
+    got = {k: v for k, v in tensors.items() if k.startswith("model.")}
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    if missing or extra:
+        raise RnnlabError(f"checkpoint {path} does not fit the run's model (missing {missing[:3]}, unexpected "
+                          f"{extra[:3]}): the run directory's files do not belong together; retrain")
+    for k, (shape, dtype) in want.items():
+        if tuple(got[k].shape) != shape or got[k].dtype.name != dtype:
+            raise RnnlabError(f"checkpoint {path}: tensor {k} is {got[k].dtype.name}{list(got[k].shape)}, the model "
+                              f"needs {dtype}{list(shape)}; the run directory's files do not belong together")
+    model.load_state_dict({k[len("model."):]: v for k, v in got.items()})
+
+
+# ------------------------------------------------------------------------------------ trainer
+@dataclass
+class TrainResult:
+    step: int
+    best_val: float
+    last_train: float
+    interrupted: bool = False
+    chars_per_s: float = 0.0
+    elapsed: float = 0.0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``cfg.model`` on ``corpus`` in the run directory ``run`` (already created and locked)."""
+
+    def __init__(self, cfg: TrainConfig, corpus: Corpus, run: RunDir, *, progress: bool = True,
+                 log=print) -> None:
+        self.cfg, self.corpus, self.run, self.progress, self.log = cfg, corpus, run, progress, log
+        self.rng = np.random.default_rng(cfg.seed)
+        self.model = build_model(cfg.model_config(corpus.vocab.size), rng=self.rng)
+        self.optimizer = make_optimizer(cfg.optimizer, self.model.params, self.model.grads, lr=cfg.lr,
+                                        **({"weight_decay": cfg.weight_decay} if cfg.weight_decay else {}))
+        self.schedule = self._make_schedule()
+        train = corpus.split.train
+        if corpus.mode == "lines":
+            self.batcher = LinesBatcher(train, cfg.batch, np.random.default_rng([cfg.seed, 1]))
+        else:
+            self.batcher = StreamBatcher(train, cfg.batch, cfg.seq_len)
+        self.state = None
+        self.step = 0
+        self.elapsed = 0.0
+        self.best_val = math.inf
+        self._saved_step = -1
+        if self.model.kind == "bigram":
+            self.model.prefit(self._train_pairs())
+
+    def _make_schedule(self):
+        cfg = self.cfg
+        if cfg.schedule == "cosine":
+            return make_schedule("cosine", self.optimizer, warmup_steps=min(cfg.warmup, cfg.max_steps // 2), total_steps=cfg.max_steps,
+                                 min_lr=cfg.min_lr)
+        if cfg.schedule == "step":
+            return make_schedule("step", self.optimizer, step_size=max(1, cfg.max_steps // 3), gamma=0.3)
+        if cfg.schedule == "exponential":
+            return make_schedule("exponential", self.optimizer,
+                                 gamma=(cfg.min_lr / cfg.lr) ** (1.0 / cfg.max_steps) if cfg.min_lr > 0 else 0.999)
+        return make_schedule("constant", self.optimizer)
+
+    def _train_pairs(self):
+        """(x, y) batches covering the training split once (for closed-form fits)."""
+        from ..data import lines_eval_batches, stream_eval_batches
+
+        if self.corpus.mode == "lines":
+            for x, y, _ in lines_eval_batches(self.corpus.split.train, 256):
+                yield x, y
+        else:
+            for x, y, _ in stream_eval_batches(self.corpus.split.train, 256, 256):
+                yield x, y
+
+    # -------------------------------------------------------------------------- checkpoints
+    def snapshot(self) -> tuple[dict, dict]:
+        tensors = model_tensors(self.model)
+        otensors, ometa = flatten_state(self.optimizer.state_dict())
+        tensors.update(otensors)
+        carry = _state_arrays(self.state)
+        for i, a in enumerate(carry):
+            tensors[f"carry.{i}"] = a
+        meta = {
+            "format": FORMAT, "version": FORMAT_VERSION, "step": self.step, "elapsed": self.elapsed,
+            "best_val": self.best_val if math.isfinite(self.best_val) else None,
+            "optimizer": ometa, "schedule": self.schedule.state_dict(), "batcher": self.batcher.state(),
+            "rng": self.rng.bit_generator.state, "carry": len(carry), "model": self.model.config(),
+        }
+        return tensors, meta
+
+    def save(self, which: str = "last") -> None:
+        tensors, meta = self.snapshot()
+        if which == "best":
+            tensors = model_tensors(self.model)
+            meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": self.step, "val_loss": self.best_val,
+                    "model": self.model.config()}
+        save_checkpoint(self.run.checkpoint_path(which), tensors, meta)
+
+    def restore(self) -> None:
+        """Continue from ``checkpoints/last``: weights, optimizer, schedule, data position, RNG."""
+        path = self.run.checkpoint_path("last")
+        tensors, meta = load_checkpoint(path)
+        try:
+            if meta.get("format") != FORMAT or meta.get("model") != self.model.config():
+                raise RnnlabError(f"checkpoint {path} was written for another model or by another program; "
+                                  "start a new run with --force")
+            apply_model_tensors(self.model, tensors, path)
+            self.optimizer.load_state_dict(unflatten_state(tensors, meta["optimizer"]))
+            self.schedule.load_state_dict(meta["schedule"])
+            self.batcher.load_state(meta["batcher"])
+            self.rng.bit_generator.state = meta["rng"]
+            n = int(meta["carry"])
+            self.state = _state_from_arrays(self.model, [tensors[f"carry.{i}"] for i in range(n)])
+            self.step = self._saved_step = int(meta["step"])
+            self.elapsed = float(meta["elapsed"])
+            self.best_val = math.inf if meta.get("best_val") is None else float(meta["best_val"])
+        except RnnlabError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RnnlabError(f"checkpoint {path} is incomplete or inconsistent ({type(exc).__name__}: {exc}); "
+                              "use --force to start over") from None
+
+    # -------------------------------------------------------------------------- loop
+    def train_step(self) -> float:
+        """One optimisation step; returns the mean training loss (nats per character)."""
+        cfg, xp = self.cfg, backend.xp
+        batch = self.batcher.next_batch()
+        if self.corpus.mode == "lines":
+            x, y, lengths = batch
+            state = None
+        else:
+            x, y, reset = batch
+            lengths = None
+            state = initial_state(self.model, cfg.batch) if reset or self.state is None else self.state
+        x, y = xp.asarray(x), xp.asarray(y)
+        logits, state_n, cache = self.model.forward(x, state, lengths=lengths, rng=self.rng)
+        loss, dlogits = softmax_cross_entropy(logits, y)
+        loss = backend.to_float(loss)
+        if not math.isfinite(loss):
+            raise _Diverged(f"the training loss became {loss}")
+        self.model.zero_grad()
+        self.model.backward(dlogits, cache)
+        if cfg.clip > 0:
+            norm = clip_grad_norm(self.model.grads, cfg.clip)
+            if not math.isfinite(norm):
+                raise _Diverged(f"the gradient norm became {norm}")
+        self.optimizer.step()
+        self.schedule.step()
+        if self.corpus.mode != "lines":
+            self.state = state_n
+        self.step += 1
+        return loss
+
+    def validate(self) -> float:
+        val = self.corpus.split.val
+        if len(val) == 0:
+            return math.nan
+        return evaluate(self.model, val, self.corpus.mode, self.cfg.batch, self.cfg.seq_len)["loss_nats"]
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        chars_per_step = cfg.batch * (cfg.seq_len if self.corpus.mode == "stream" else
+                                      max(1, int(np.mean(self.corpus.split.train.lengths)) + 1))
+        stop = _StopFlag()
+        bar = _progress_bar(self.progress, total=cfg.max_steps, initial=self.step)
+        losses: list[float] = []
+        last_train = math.nan
+        run_start = time.perf_counter() - self.elapsed
+        window_time, window_steps = 0.0, 0
+        cps = 0.0
+        interrupted = False
+        try:
+            with stop:
+                while self.step < cfg.max_steps:
+                    if stop.flag:
+                        interrupted = True
+                        break
+                    if cfg.max_time and time.perf_counter() - run_start >= cfg.max_time:
+                        break
+                    t0 = time.perf_counter()
+                    try:
+                        loss = self.train_step()
+                    except _Diverged as exc:
+                        raise RnnlabError(
+                            f"training diverged at step {self.step + 1}: {exc}; the last good checkpoint is kept in "
+                            f"{self.run.checkpoint_path('last')}; lower --lr (now {cfg.lr:g}) or clip gradients "
+                            f"harder (--clip {max(cfg.clip / 2, 0.5) if cfg.clip else 1.0:g}) and start again"
+                        ) from None
+                    losses.append(loss)
+                    now = time.perf_counter()
+                    window_steps += 1
+                    window_time += now - t0  # training time only, evaluation excluded
+                    self.elapsed = now - run_start
+                    if window_time > 1.0:
+                        cps = window_steps * chars_per_step / window_time
+                        window_time, window_steps = 0.0, 0
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(self._postfix(loss, cps), refresh=False)
+                    if self.step % cfg.eval_every == 0:
+                        last_train = float(np.mean(losses))
+                        self._evaluate_and_save(last_train, cps)
+                        losses = []
+            if losses:
+                last_train = float(np.mean(losses))
+            if self.step != self._saved_step:
+                self._evaluate_and_save(last_train, cps, run_eval=not interrupted)
+        finally:
+            if bar is not None:
+                bar.close()
+        return TrainResult(self.step, self.best_val, last_train, interrupted, cps, self.elapsed)
+
+    def _postfix(self, loss, cps) -> str:
+        val = f"{self.best_val:.3f}" if math.isfinite(self.best_val) else "-"
+        return f"loss {loss:.3f} | best val {val} | {cps:,.0f} chars/s"
+
+    def _evaluate_and_save(self, train_loss, cps, run_eval=True) -> None:
+        self._saved_step = self.step
+        val = self.validate() if run_eval else math.nan
+        improved = math.isfinite(val) and val < self.best_val
+        if improved:
+            self.best_val = val
+        record = {"step": self.step, "time": round(self.elapsed, 3), "train_loss": train_loss,
+                  "val_loss": val if math.isfinite(val) else None, "lr": self.optimizer.lr, "chars_per_s": round(cps, 1)}
+        self.save("last")
+        if improved or (not math.isfinite(val) and not self.run.checkpoint_path("best").exists()):
+            self.save("best")
+        append_jsonl(self.run.metrics, {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                        for k, v in record.items()})
+        try:
+            from .plot import plot_losses
+
+            plot_losses(read_jsonl(self.run.metrics), self.run.loss_plot)
+        except RnnlabError:
+            raise
+        except Exception as exc:  # a plot is a convenience: never lose training to it
+            self.log(f"note: could not draw {self.run.loss_plot}: {exc}")
+
+
+class _Diverged(Exception):
+    pass
+
+
+class _StopFlag:
+    """Turns the first SIGINT / SIGTERM into a flag checked between steps; a second SIGINT
+    interrupts at once (the previous checkpoint stays intact either way)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handler)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+
+
+def write_run_files(run: RunDir, cfg: TrainConfig, corpus: Corpus) -> None:
+    """``config.json`` and ``vocab.json`` of a new run."""
+    atomic_write_json(run.config, {"format": FORMAT, "version": FORMAT_VERSION, "train": cfg.to_dict(),
+                                   "data": {"source": corpus.source, "sha256": corpus.sha256, "mode": corpus.mode,
+                                            "split_chars": list(corpus.split.char_counts),
+                                            "split_items": list(corpus.split.sizes)}})
+    atomic_write_json(run.vocab, corpus.vocab.to_dict())
+
+
+def read_run(run: RunDir) -> tuple[TrainConfig, dict, Vocab]:
+    """The configuration, data description and vocabulary of an existing run."""
+    raw = run.read_config()
+    if raw.get("format") != FORMAT or not isinstance(raw.get("train"), dict) or not isinstance(raw.get("data"), dict):
+        raise RnnlabError(f"{run.config} is not an rnnlab run configuration; was the run directory written by rnnlab?")
+    cfg = TrainConfig.from_dict(raw["train"], source=str(run.config))
+    vocab = Vocab.from_dict(run.read_vocab(), source=str(run.vocab))
+    return cfg, raw["data"], vocab
