@@ -332,6 +332,7 @@ def cmd_demo(args) -> int:
     print(f"rnnlab demo: training a {cfg.layers}-layer LSTM ({cfg.hidden} units) for {args.seconds:.0f} s on "
           f"{source}", flush=True)
     corpus = build_corpus(text, source, lines=False, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
+    _clear_old_demo(args.out)
     with RunDir.create(args.out, force=True) as run:
         write_run_files(run, cfg, corpus)
         trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
@@ -350,6 +351,24 @@ def cmd_demo(args) -> int:
                  emit=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
         sys.stdout.write("\n" + "-" * 60 + "\n")
     return 0
+
+
+def _clear_old_demo(path) -> None:
+    """Delete an earlier *demo* run in ``path`` (and only that), so demo runs do not pile up."""
+    import shutil
+
+    from .io import read_json
+    from .lm.rundir import RunDir
+
+    run = RunDir(path)
+    if not run.config.is_file():
+        return
+    try:
+        old = read_json(run.config, "demo configuration")
+    except RnnlabError:
+        return
+    if isinstance(old, dict) and isinstance(old.get("train"), dict) and old["train"].get("extra", {}).get("demo"):
+        shutil.rmtree(run.path)
 
 
 def cmd_gradcheck(args) -> int:
@@ -382,6 +401,26 @@ def cmd_gradcheck(args) -> int:
     print(f"worst relative error {worst:.2e}: " + ("backpropagation through time agrees with finite differences"
                                                    if worst < 1e-6 else "MISMATCH"))
     return 0 if worst < 1e-6 else 1
+
+
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from .lm.compare import compare, parse_models, table_markdown
+    from .lm.config import TrainConfig
+    from .lm.corpus import build_corpus, load_text
+
+    models = parse_models(args.models)
+    base = TrainConfig(lines=args.lines, seed=args.seed, batch=args.batch or (64 if args.lines else 32),
+                       seq_len=args.seq_len, lr=args.lr).validate()
+    text, source = load_text(args.text)
+    corpus = build_corpus(text, source, lines=base.lines, val_frac=base.val_frac, test_frac=base.test_frac,
+                          seed=base.seed)
+    rows = compare(corpus, models, args.budget, Path(args.out), base, progress=False)
+    print()
+    print(table_markdown(rows, args.budget, corpus))
+    print(f"table, CSV and plot of validation loss against time: {args.out}/compare.{{md,csv,png}}")
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -447,6 +486,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=_num(int, 1, 200), default=8, help="sequence length T (default 8)")
     g.add_argument("--seed", type=_num(int, 0), default=0)
     g.set_defaults(func=cmd_gradcheck)
+
+    c = sub.add_parser("compare", help="train several model kinds under the same time budget; one table + plot")
+    c.add_argument("text", nargs="?", default=None, help="UTF-8 text file (default: the built-in corpus)")
+    c.add_argument("--models", default="bigram,mlp,cnn,rnn,lstm,gru", help="comma-separated model kinds")
+    c.add_argument("--budget", type=_num(float, 1.0), default=60.0, help="seconds of training per model (default 60)")
+    c.add_argument("--out", default="rnnlab-compare", help="output folder (one run directory per model)")
+    c.add_argument("--lines", action="store_true", help="each non-empty line is one item")
+    c.add_argument("--batch", type=_num(int, 1), default=None)
+    c.add_argument("--seq-len", dest="seq_len", type=_num(int, 1), default=100)
+    c.add_argument("--lr", type=_num(float, 0.0, lo_open=True), default=3e-3)
+    c.add_argument("--seed", type=_num(int, 0), default=1337)
+    c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="training-step speed against PyTorch (see docs/benchmarks.md)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)

@@ -131,8 +131,7 @@ def save_checkpoint(path: PathLike, tensors: Mapping[str, Any], meta: Mapping[st
         :func:`rnnlab.io.atomic_write_bytes`).
     tensors : mapping of str to array
         Parameter arrays (NumPy, or CuPy which is copied to the host). Allowed dtypes:
-        float16/32/64,
-        int8/16/32/64, uint8/16/32/64, bool.
+        float16/32/64, int8/16/32/64, uint8/16/32/64, bool.
     meta : mapping
         JSON-serialisable information stored with the tensors (no NaN/Infinity).
 

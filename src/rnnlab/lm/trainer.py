@@ -169,7 +169,8 @@ class Trainer:
         tensors, meta = self.snapshot()
         if which == "best":
             tensors = model_tensors(self.model)
-            meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": self.step, "val_loss": self.best_val,
+            meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": self.step,
+                    "val_loss": self.best_val if math.isfinite(self.best_val) else None,
                     "model": self.model.config()}
         save_checkpoint(self.run.checkpoint_path(which), tensors, meta)
 
