@@ -368,7 +368,9 @@ def _clear_old_demo(path) -> None:
     except RnnlabError:
         return
     if isinstance(old, dict) and isinstance(old.get("train"), dict) and old["train"].get("extra", {}).get("demo"):
-        shutil.rmtree(run.path)
+        for f in (run.config, run.vocab, run.metrics, run.loss_plot):
+            f.unlink(missing_ok=True)
+        shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
 
 
 def cmd_gradcheck(args) -> int:
