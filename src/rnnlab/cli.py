@@ -110,7 +110,17 @@ def cmd_train(args) -> int:
     cfg = _train_config(args) if not args.resume else None
     if cfg is not None:
         backend.set_backend(cfg.device)
+    if args.resume and not os.path.lexists(args.out):  # do not create a directory only to find nothing there
+        raise RnnlabError(f"nothing to resume: run directory {args.out} does not exist; check the path, or start "
+                          "a new run without --resume")
     text, source = load_text(args.text)
+    if not args.resume:
+        # Everything that can fail on the data or the options (too short a text, a split too small
+        # for --batch/--seq-len) fails here, before the run directory is created or touched.
+        corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                              seed=cfg.seed)
+        del text
+        trainer = Trainer(cfg, corpus, RunDir(args.out), progress=not args.quiet)
     with RunDir.create(args.out, force=args.force, resume=args.resume) as run:
         if args.resume:
             saved, data, vocab = read_run(run)
@@ -123,13 +133,11 @@ def cmd_train(args) -> int:
                                   "resume with the same file or start a new run")
             corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
                                   seed=cfg.seed, vocab=vocab)
-        else:
-            corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                                  seed=cfg.seed)
-        trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
-        if args.resume:
+            del text
+            trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
             trainer.restore()
         else:
+            trainer.run = run  # the locked run directory
             write_run_files(run, cfg, corpus)
         _say(args, f"data: {source} ({'lines' if cfg.lines else 'stream'} mode, vocabulary {corpus.vocab.size}): "
                    f"{corpus.describe()}")
@@ -151,8 +159,11 @@ def _report_training(args, trainer, result):
 
     run = trainer.run
     if result.interrupted:
+        from shlex import quote
+
         print(f"interrupted at step {result.step}: checkpoint saved in {run.checkpoint_path('last')}; "
-              f"continue with: rnnlab train {trainer.corpus.source} --out {run.path} --resume", flush=True)
+              f"continue with: rnnlab train {quote(str(trainer.corpus.source))} --out {quote(str(run.path))} --resume",
+              flush=True)
         return
     cfg = trainer.cfg
     lines = [f"trained {result.step} steps in {result.elapsed:.0f} s ({result.chars_per_s:,.0f} chars/s)"]
@@ -201,6 +212,8 @@ def cmd_sample(args) -> int:
     run, cfg, data, vocab, model, _ = _load_run(args.run_dir, args.checkpoint)
     rng = np.random.default_rng(args.seed)
     out = sys.stdout
+    if args.prime:
+        vocab.encode(args.prime, what="--prime")  # characters the model never saw: fail before any output
     if cfg.lines:
         known = _training_lines(cfg, data)
         for _ in range(args.num):
@@ -513,12 +526,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        if argv and argv[0] in ("experiment", "bench"):  # their own parsers take every argument
+            args = argparse.Namespace(command=argv[0], rest=argv[1:],
+                                      func=cmd_experiment if argv[0] == "experiment" else cmd_bench)
+        else:
+            args = parser.parse_args(argv)
         if not getattr(args, "command", None):
             parser.print_help()
             return EXIT_USER
-        return int(args.func(args) or 0)
+        import numpy as np
+
+        # Overflow in a diverging model is detected and reported in one line (NaN/Inf checks in the
+        # trainer and the sampler); NumPy's RuntimeWarnings would only add noise to stderr.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return int(args.func(args) or 0)
     except RnnlabError as exc:
         print(f"rnnlab: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USER

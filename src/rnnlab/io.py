@@ -297,13 +297,21 @@ def append_jsonl(path: PathLike, obj: Any) -> None:
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
     except OSError as exc:
         raise write_error(exc, target, len(line)) from exc
+    start = None
     try:
         size = os.fstat(fd).st_size
         if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-            os.ftruncate(fd, _torn_tail_start(fd, size))
+            size = _torn_tail_start(fd, size)
+            os.ftruncate(fd, size)
+        start = size
         _write_all(fd, memoryview(line))
         os.fsync(fd)
     except OSError as exc:
+        if start is not None:  # e.g. disk full after part of the line: take the fragment back
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass  # read_jsonl skips a torn last line and the next append cuts it off
         raise write_error(exc, target, len(line)) from exc
     finally:
         os.close(fd)

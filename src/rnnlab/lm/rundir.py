@@ -256,6 +256,7 @@ class RunDir:
                     f"nothing to resume in {run.path}: it holds no run; start a new run "
                     f"without --resume"))
             ensure_dir(run.checkpoints_dir, "checkpoint directory")
+            run._remove_stale_temporaries()
         except BaseException:
             run.unlock()
             raise
@@ -268,6 +269,29 @@ class RunDir:
             raise RnnlabError(one_line(
                 f"cannot resume: {exc}; or pass --force instead of --resume to start over "
                 f"(the old files are moved aside)")) from None
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary files that a killed writer (SIGKILL, power loss) left behind.
+
+        :func:`rnnlab.io.atomic_write_bytes` names them ``.<file>.<random>.tmp`` next to their
+        destination; only names of this run's own files are touched, and only while this
+        process holds the lock, so no other rnnlab process can be writing them.
+        """
+        owned = {*_RUN_FILES, *(n + CHECKPOINT_SUFFIX for n in CHECKPOINT_NAMES)}
+        for directory in (self.path, self.checkpoints_dir):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                base = name[1:-len(".tmp")].rpartition(".")[0]
+                if base in owned or base == ".rnnlab-write-test"[1:]:
+                    try:
+                        os.unlink(os.path.join(directory, name))
+                    except OSError:
+                        pass
 
     def _move_aside(self) -> Path:
         """Move the current run's files into a new ``replaced-<time>/``; returns that path."""

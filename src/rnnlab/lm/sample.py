@@ -23,6 +23,9 @@ from ..errors import RnnlabError
 def choose(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
     """One id drawn from host ``logits (V,)`` (float64 arithmetic for a stable softmax)."""
     z = np.asarray(logits, np.float64)
+    if not np.isfinite(z).all():
+        raise RnnlabError("the model produced NaN/Inf scores (its training diverged): sample from the other "
+                          "checkpoint (--checkpoint best|last) or retrain with a lower --lr and --clip 1")
     if temperature == 0:
         return int(np.argmax(z))
     z = z / temperature

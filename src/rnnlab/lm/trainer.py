@@ -29,6 +29,7 @@ from ..io import append_jsonl, atomic_write_json, read_jsonl
 from ..models import build_model
 from ..nn.losses import softmax_cross_entropy
 from ..optim import clip_grad_norm, flatten_state, make_optimizer, make_schedule, unflatten_state
+from .checkpoint import _FIX as _CHECKPOINT_FIX
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .corpus import Corpus
@@ -177,7 +178,13 @@ class Trainer:
     def restore(self) -> None:
         """Continue from ``checkpoints/last``: weights, optimizer, schedule, data position, RNG."""
         path = self.run.checkpoint_path("last")
-        tensors, meta = load_checkpoint(path)
+        fresh = "start a new run with --force instead of --resume (the old run's files are moved aside)"
+        if not path.is_file():
+            raise RnnlabError(f"cannot resume: {path} is missing, so the training state is lost; {fresh}")
+        try:
+            tensors, meta = load_checkpoint(path)
+        except RnnlabError as exc:
+            raise RnnlabError(f"cannot resume: {str(exc).replace(_CHECKPOINT_FIX, fresh)}") from None
         try:
             if meta.get("format") != FORMAT or meta.get("model") != self.model.config():
                 raise RnnlabError(f"checkpoint {path} was written for another model or by another program; "
@@ -215,13 +222,14 @@ class Trainer:
         loss, dlogits = softmax_cross_entropy(logits, y)
         loss = backend.to_float(loss)
         if not math.isfinite(loss):
-            raise _Diverged(f"the training loss became {loss}")
+            raise _Diverged(f"the training loss became {loss}", self.step + 1)
         self.model.zero_grad()
         self.model.backward(dlogits, cache)
-        if cfg.clip > 0:
-            norm = clip_grad_norm(self.model.grads, cfg.clip)
-            if not math.isfinite(norm):
-                raise _Diverged(f"the gradient norm became {norm}")
+        # the norm is checked with clipping off too (max_norm inf scales nothing): a NaN/Inf gradient
+        # stops training before the optimizer writes it into the weights
+        norm = clip_grad_norm(self.model.grads, cfg.clip if cfg.clip > 0 else math.inf)
+        if not math.isfinite(norm):
+            raise _Diverged(f"the gradient norm became {norm}", self.step + 1)
         self.optimizer.step()
         self.schedule.step()
         if self.corpus.mode != "lines":
@@ -256,14 +264,7 @@ class Trainer:
                     if cfg.max_time and time.perf_counter() - run_start >= cfg.max_time:
                         break
                     t0 = time.perf_counter()
-                    try:
-                        loss = self.train_step()
-                    except _Diverged as exc:
-                        raise RnnlabError(
-                            f"training diverged at step {self.step + 1}: {exc}; the last good checkpoint is kept in "
-                            f"{self.run.checkpoint_path('last')}; lower --lr (now {cfg.lr:g}) or clip gradients "
-                            f"harder (--clip {max(cfg.clip / 2, 0.5) if cfg.clip else 1.0:g}) and start again"
-                        ) from None
+                    loss = self.train_step()
                     losses.append(loss)
                     now = time.perf_counter()
                     window_steps += 1
@@ -281,8 +282,18 @@ class Trainer:
                         losses = []
             if losses:
                 last_train = float(np.mean(losses))
+            if cps == 0.0 and window_time > 0:  # a run shorter than the 1-second speed window
+                cps = window_steps * chars_per_step / window_time
             if self.step != self._saved_step:
                 self._evaluate_and_save(last_train, cps, run_eval=not interrupted)
+        except _Diverged as exc:
+            last = self.run.checkpoint_path("last")
+            kept = (f"the last good checkpoint is kept unchanged in {last}" if last.is_file() else
+                    "no checkpoint had been written yet")
+            raise RnnlabError(
+                f"training diverged at step {exc.step}: {exc}; {kept}; lower --lr (now {cfg.lr:g}) or clip "
+                f"gradients harder (--clip {max(cfg.clip / 2, 0.5) if cfg.clip else 1.0:g}) and start again"
+            ) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -295,14 +306,19 @@ class Trainer:
     def _evaluate_and_save(self, train_loss, cps, run_eval=True) -> None:
         self._saved_step = self.step
         val = self.validate() if run_eval else math.nan
+        if run_eval and len(self.corpus.split.val) and not math.isfinite(val):
+            # the weights are no longer good: keep the previous checkpoint rather than overwrite it
+            raise _Diverged(f"the validation loss became {val}", self.step)
         improved = math.isfinite(val) and val < self.best_val
         if improved:
             self.best_val = val
         record = {"step": self.step, "time": round(self.elapsed, 3), "train_loss": train_loss,
                   "val_loss": val if math.isfinite(val) else None, "lr": self.optimizer.lr, "chars_per_s": round(cps, 1)}
-        self.save("last")
+        # best before last: a crash between the two leaves ``last`` one step behind, and the resumed
+        # run redoes the step and writes ``best`` again; the other order could lose a best checkpoint
         if improved or (not math.isfinite(val) and not self.run.checkpoint_path("best").exists()):
             self.save("best")
+        self.save("last")
         append_jsonl(self.run.metrics, {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                         for k, v in record.items()})
         try:
@@ -316,7 +332,9 @@ class Trainer:
 
 
 class _Diverged(Exception):
-    pass
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class _StopFlag:
