@@ -1,0 +1,117 @@
+"""Experiments that measure how recurrent networks differ from feed-forward ones.
+
+Each experiment is a module with ``run(out_dir, quick=False, seeds=3, **kw) -> Result`` that
+writes ``NAME.md`` (tables), ``NAME.csv`` and ``NAME.png`` into ``out_dir``, averaging over
+``seeds`` seeds (mean ± std). ``quick=True`` runs in seconds; the default in minutes, on the CPU.
+
+=============  =====================================================================  ==========
+name           question                                                               module
+=============  =====================================================================  ==========
+``length``     fixed input length (padding, truncation) vs lengths never seen          length.py
+``memory``     long time lags: copy-memory and adding problem, vs guessing             memory.py
+``gradients``  vanishing/exploding ``||dL/dh_t||`` vs distance; norm clipping          gradients.py
+``sharing``    parameters and FLOPs as the sequence grows: sharing over time           sharing.py
+``context``    (pending) how much context a char-LM uses — needs the char-LM trainer
+``compare``    (pending) RNN/LSTM/GRU vs MLP/CNN/bigram on real text — same
+=============  =====================================================================  ==========
+
+``rnnlab experiment NAME [--out DIR] [--quick] [--seeds N]`` is :func:`cli_main`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from ..errors import RnnlabError
+
+IMPLEMENTED = ("length", "memory", "gradients", "sharing")
+PENDING = {
+    # Registered so that the CLI and `all` know them; they need the char-LM trainer (rnnlab.lm).
+    # To add one: write experiments/<name>.py with run(out_dir, quick, seeds, **kw) -> Result and
+    # move the name from PENDING to IMPLEMENTED.
+    "context": "how much context a character LM uses",
+    "compare": "recurrent vs feed-forward language models on real text",
+}
+DEFAULT_OUT = "runs/experiments"  # runs/ is git-ignored
+
+
+def _loader(name: str):
+    def run(out_dir, quick: bool = False, seeds: int = 3, **kw):
+        module = importlib.import_module(f".{name}", __name__)
+        return module.run(out_dir, quick=quick, seeds=seeds, **kw)
+
+    run.__name__ = f"run_{name}"
+    run.__doc__ = f"Run experiment {name!r} (see rnnlab.experiments.{name})."
+    return run
+
+
+def _pending(name: str, what: str):
+    def run(out_dir, quick: bool = False, seeds: int = 3, **kw):
+        raise RnnlabError(f"experiment {name!r} ({what}) is not implemented yet: it needs the char-LM "
+                          "trainer (rnnlab.lm); run one of " + ", ".join(IMPLEMENTED))
+
+    run.__name__ = f"run_{name}"
+    return run
+
+
+REGISTRY = {name: _loader(name) for name in IMPLEMENTED}
+REGISTRY.update({name: _pending(name, what) for name, what in PENDING.items()})
+"""NAME -> ``run(out_dir, quick=False, seeds=3, **kw)``; pending names raise RnnlabError."""
+
+
+def run(name: str, out_dir=DEFAULT_OUT, quick: bool = False, seeds: int = 3, **kw):
+    """Run one experiment by name (see :data:`REGISTRY`)."""
+    if name not in REGISTRY:
+        raise RnnlabError(f"unknown experiment {name!r}: choose from {', '.join(REGISTRY)} or all")
+    return REGISTRY[name](out_dir, quick=quick, seeds=seeds, **kw)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # a user error: one line, via RnnlabError
+        raise RnnlabError(f"experiment: {message} (see rnnlab experiment --help)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="rnnlab experiment",
+        description="Run an experiment; writes NAME.md, NAME.csv and NAME.png into --out.",
+        epilog="experiments: " + ", ".join(IMPLEMENTED) + "; pending: " + ", ".join(PENDING),
+    )
+    p.add_argument("name", metavar="NAME", help="one of " + ", ".join(list(REGISTRY) + ["all"]))
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")
+    p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds to average over (default: 3)")
+    return p
+
+
+def cli_main(argv=None) -> int:
+    """``rnnlab experiment NAME [--out DIR] [--quick] [--seeds N]``; returns the exit status.
+
+    ``NAME`` ``all`` runs every implemented experiment. User errors raise RnnlabError.
+    """
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    if args.seeds < 1:
+        raise RnnlabError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.name == "all":
+        names = list(IMPLEMENTED)
+    elif args.name in REGISTRY:
+        names = [args.name]
+    else:
+        raise RnnlabError(f"unknown experiment {args.name!r}: choose from {', '.join(REGISTRY)} or all")
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    for name in names:
+        t = time.perf_counter()
+        res = run(name, out, quick=args.quick, seeds=args.seeds)
+        files = ", ".join(str(res.paths[k]) for k in ("md", "csv", "png") if k in res.paths)
+        print(f"{name}: {time.perf_counter() - t:.1f} s -> {files}", file=sys.stdout, flush=True)
+    if len(names) > 1:
+        print(f"all: {time.perf_counter() - t0:.1f} s", flush=True)
+    return 0

@@ -1,0 +1,82 @@
+"""What every experiment shares: seeding, the result record, BLAS threads, progress bars."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RnnlabError
+
+
+def rng_for(seed: int, *keys) -> np.random.Generator:
+    """A generator determined by ``seed`` and string/int ``keys`` (e.g. task, model, purpose), so
+    that every run draws its own independent stream and adding a model changes no other run."""
+    words = [int(seed)] + [zlib.crc32(str(k).encode()) for k in keys]
+    return np.random.default_rng(words)
+
+
+def check_seeds(seeds: int) -> int:
+    if int(seeds) < 1:
+        raise RnnlabError(f"--seeds must be at least 1, got {seeds}")
+    return int(seeds)
+
+
+@dataclass
+class Result:
+    """What ``run`` returns: the written files, the report (tables as row dicts), raw data for
+    tests and plots, and the wall time in seconds."""
+
+    name: str
+    paths: dict
+    tables: dict
+    data: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def single_blas_thread():
+    """Limit BLAS to one thread while an experiment runs.
+
+    The matrices here are tiny ((32, 128) and the like); on a shared machine a multi-threaded
+    BLAS spends most of its time synchronising threads (measured 4-10x slower on 2 busy cores).
+    Uses ``threadpoolctl`` when installed, and does nothing otherwise.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional dependency
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def progress(total: int, desc: str):
+    """A tqdm bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", leave=False, disable=None, file=sys.stderr)
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+
+
+def out_path(out_dir) -> Path:
+    p = Path(out_dir)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RnnlabError(f"cannot create output folder {str(p)!r}: {exc.strerror}") from None
+    return p

@@ -1,0 +1,219 @@
+"""The experiments: quick runs write their files, and the outcomes the theory guarantees hold.
+
+Each experiment runs once in quick mode (module-scoped fixtures); assertions are limited to
+what holds whatever the (tiny) training did — information-theoretic limits, exact counts,
+the ordering of gradient decay at initialisation — plus one dedicated, seeded setting in which
+the LSTM must learn the adding problem.
+"""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from rnnlab import experiments as ex
+from rnnlab.data import synthetic as syn
+from rnnlab.errors import RnnlabError
+from rnnlab.experiments import memory, seqmodels, sharing
+from rnnlab.experiments.train import TrainConfig, evaluate, train
+
+
+def _check_files(res, min_rows: int) -> None:
+    """md, csv and png exist and are not trivial."""
+    md, csv_path, png = res.paths["md"], res.paths["csv"], res.paths["png"]
+    text = md.read_text(encoding="utf-8")
+    assert text.startswith("# Experiment") and "|---" in text and png.name in text
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= min_rows
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+# ---------------------------------------------------------------------------------- synthetic
+def test_synthetic_tasks_have_the_stated_targets():
+    rng = np.random.default_rng(0)
+    b = syn.parity(rng, 64, 1, 9)
+    bits = b.x[..., 1]  # (T, B)
+    assert b.x.shape[2] == 2 and b.lengths.max() <= 9
+    assert np.all(b.x[..., 0] + b.x[..., 1] == (np.arange(b.x.shape[0])[:, None] < b.lengths))
+    assert np.array_equal(b.y[0], bits.sum(0) % 2)
+    m = syn.majority(rng, 64, 1, 9)
+    assert np.array_equal(m.y[0], (2 * m.x[..., 1].sum(0) > m.lengths).astype(int))
+    a = syn.adding(rng, 20000, 30)
+    assert a.x.shape == (30, 20000, 2) and np.all((a.x[..., 1] == 1).sum(0) == 2)
+    marked = np.where(a.x[..., 1] == 1, a.x[..., 0], 0).sum(0)
+    assert np.allclose(a.y[0, :, 0], 0.5 + marked / 4, atol=1e-6)
+    assert (a.x[15:, :, 1] == 1).sum() == 0  # both marks in the first half
+    assert abs(float(((a.y - 0.5) ** 2).mean()) - syn.ADDING_BASELINE_MSE) < 2e-3
+    c = syn.copy_memory(rng, 8, T=7, n_copy=3, n_symbols=4)
+    ids = c.x.argmax(-1)  # (N+T+N, B)
+    assert c.x.shape == (13, 8, 6) and np.array_equal(ids[:3], c.y) and np.all(ids[9] == 5)
+
+
+def test_padded_batches_give_per_sequence_results():
+    """Variable-length batches through every model equal the sequences run one by one."""
+    rng = np.random.default_rng(1)
+    batch = syn.parity(rng, 5, 1, 7)
+    for kind in ("mlp", "cnn", "rnn", "lstm", "gru"):
+        model = seqmodels.build(kind, 2, 2, hidden=8, window=6, dtype=np.float64, rng=np.random.default_rng(2))
+        out, _ = model.forward(batch.x.astype(np.float64), batch.lengths)
+        for b in range(5):
+            n = int(batch.lengths[b])
+            one, _ = model.forward(batch.x[:n, b : b + 1].astype(np.float64), None)
+            assert np.allclose(out[:, b], one[:, 0], atol=1e-12), kind
+
+
+# ---------------------------------------------------------------------------------- length
+@pytest.fixture(scope="module")
+def length_result(out):
+    return ex.run("length", out, quick=True, seeds=3)
+
+
+def test_length_writes_report(length_result):
+    _check_files(length_result, min_rows=6)
+
+
+def test_length_fixed_window_is_at_chance_on_parity_beyond_it(length_result):
+    """Parity of n bits seen through a window of W < n: exactly chance, whatever was learnt."""
+    acc = length_result.data["acc"]
+    L = length_result.data["config"].max_len
+    mlp = acc[("parity", "mlp")][:, L:]  # (seeds, lengths > L)
+    assert abs(mlp.mean() - 0.5) < 0.04
+    cnn = seqmodels.build("cnn", 2, 2, hidden=4, cnn_layers=math.ceil(math.log2(L)))
+    R = int(cnn.window())
+    assert abs(acc[("parity", "cnn")][:, R:].mean() - 0.5) < 0.04
+
+
+# ---------------------------------------------------------------------------------- memory
+@pytest.fixture(scope="module")
+def memory_result(out):
+    return ex.run("memory", out, quick=True, seeds=3)
+
+
+def test_memory_writes_report(memory_result):
+    _check_files(memory_result, min_rows=20)
+    lags = memory_result.data["config"].lags
+    assert set(lags) >= {5, 10, 20, 50, 100}
+
+
+def test_memory_parameters_and_windows(memory_result):
+    rows = memory_result.tables["main"]
+    p = {(r["task"], r["model"], r["T"]): r["params"] for r in rows}
+    assert p[("adding", "lstm", 5)] == p[("adding", "lstm", 100)]  # shared over time
+    assert p[("adding", "mlp-full", 100)] > p[("adding", "mlp-full", 5)]
+    # the fixed-window MLP at T = 50 sees none of the marked values: no better than memoryless
+    mse = {(r["task"], r["model"], r["T"]): r["metric_mean"] for r in rows}
+    assert mse[("adding", "mlp", 50)] > 0.85 * syn.ADDING_BASELINE_MSE
+    assert all(r["successes"] == 0 for r in rows if r["model"] == "guess" and r["T"] >= 20)
+
+
+def test_memory_lstm_learns_the_adding_problem_the_window_mlp_cannot():
+    """Dedicated seeded setting (quick mode is too short for the LSTM's plateau): adding at
+    T = 20, both marks in the first 10 steps, so a window of the last 10 sees none of them.
+    T = 50 would need more than 4000 steps here (measured), too slow for a unit test.
+
+    The LSTM leaves the plateau within 2500 steps in about 4 of 5 seeds (measured: 600-1800
+    steps), so up to three seeded runs are allowed; the claim is that it *can* learn the lag.
+    """
+    T, cfg = 20, memory.Config(hidden=32)
+    test = syn.adding(np.random.default_rng(100), 1000, T)
+    val = syn.adding(np.random.default_rng(101), 256, T)
+    base = syn.ADDING_BASELINE_MSE
+    results = []
+    for init, data in ((3, 4), (7, 8), (9, 10)):
+        lstm = memory._build("lstm", "adding", T, cfg, np.random.default_rng(init))
+        train(lstm, lambda r: syn.adding(r, 32, T), TrainConfig(steps=2500, lr=1e-2), np.random.default_rng(data),
+              until=lambda m: evaluate(m, val)["loss"] < 0.2 * base, check_every=100)
+        results.append(evaluate(lstm, test)["loss"])
+        if results[-1] < 0.5 * base:
+            break
+    assert min(results) < 0.5 * base, results
+    mlp = memory._build("mlp", "adding", T, cfg, np.random.default_rng(3))
+    train(mlp, lambda r: syn.adding(r, 32, T), TrainConfig(steps=300, lr=1e-2), np.random.default_rng(4))
+    assert evaluate(mlp, test)["loss"] > 0.85 * base
+
+
+# ---------------------------------------------------------------------------------- gradients
+@pytest.fixture(scope="module")
+def gradients_result(out):
+    return ex.run("gradients", out, quick=True, seeds=3)
+
+
+def test_gradients_writes_report(gradients_result):
+    _check_files(gradients_result, min_rows=10)
+
+
+def test_gradients_vanish_faster_at_smaller_radius(gradients_result):
+    g = gradients_result.data["gammas"]
+    r = gradients_result.data["ratios"]
+    assert max(g[("rnn rho=0.5", "init")]) < min(g[("rnn rho=1.1", "init")])
+    assert max(g[("rnn rho=0.5", "init")]) < 1.0
+    T = gradients_result.data["config"].T
+    assert r[("rnn rho=0.5", "init")][:, -1].max() < 1e-6  # about 0.5^(T-1) * prod tanh'
+    assert r[("rnn rho=0.5", "init")].shape[1] == T
+
+
+def test_decay_fit_recovers_a_geometric_rate():
+    from rnnlab.experiments.gradients import decay
+
+    prof = 0.8 ** np.arange(30)[::-1]  # ||dL/dh_t|| = 0.8^(T-1-t)
+    ratio, gamma = decay(prof)
+    assert np.isclose(gamma, 0.8) and np.isclose(ratio[10], 0.8**10)
+
+
+# ---------------------------------------------------------------------------------- sharing
+@pytest.fixture(scope="module")
+def sharing_result(out):
+    return ex.run("sharing", out, quick=True, seeds=3)
+
+
+def test_sharing_writes_report(sharing_result):
+    _check_files(sharing_result, min_rows=10)
+
+
+def test_sharing_counts(sharing_result):
+    cfg = sharing_result.data["config"]
+    I, H, O = cfg.input_size, cfg.hidden, cfg.out
+    rows = {(r["model"], r["T"]): r for r in sharing_result.tables["main"]}
+    Ts = cfg.lengths
+    for T in Ts:
+        assert rows[("rnn", T)]["params"] == H * (I + H + 1) + O * (H + 1)
+        assert rows[("lstm", T)]["params"] == 4 * H * (I + H + 1) + O * (H + 1)
+        assert rows[("mlp", T)]["params"] == (T * I + 1) * H + (H + 1) * O
+        assert rows[("rnn", T)]["flops_one_output"] == 2 * T * H * (I + H) + 2 * O * H
+        assert rows[("mlp", T)]["flops_every_step"] == T * rows[("mlp", T)]["flops_one_output"]
+    a, b = Ts[0], Ts[-1]
+    assert rows[("gru", a)]["params"] == rows[("gru", b)]["params"]
+    assert rows[("cnn", a)]["params"] < rows[("cnn", b)]["params"] < rows[("mlp", b)]["params"]
+    # FLOPs from shapes agree with the function on a freshly built model
+    m = sharing.build("lstm", 7, cfg, np.random.default_rng(0))
+    assert sharing.flops(m, 7) == 7 * 2 * 4 * H * (I + H) + 2 * O * H
+
+
+# ---------------------------------------------------------------------------------- CLI
+def test_cli_errors_and_help(tmp_path, capsys):
+    with pytest.raises(RnnlabError, match="unknown experiment"):
+        ex.cli_main(["nope", "--out", str(tmp_path)])
+    with pytest.raises(RnnlabError, match="not implemented yet"):
+        ex.cli_main(["context", "--out", str(tmp_path)])
+    with pytest.raises(RnnlabError, match="--seeds"):
+        ex.cli_main(["sharing", "--seeds", "0"])
+    with pytest.raises(RnnlabError):
+        ex.cli_main(["sharing", "--bogus"])
+    assert ex.cli_main(["--help"]) == 0
+    assert "rnnlab experiment" in capsys.readouterr().out
+    assert set(ex.IMPLEMENTED) | set(ex.PENDING) == set(ex.REGISTRY)
+
+
+def test_cli_runs_one_experiment(tmp_path, capsys):
+    assert ex.cli_main(["sharing", "--quick", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    assert "sharing:" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} >= {"sharing.md", "sharing.csv", "sharing.png"}
