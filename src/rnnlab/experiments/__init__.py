@@ -11,8 +11,8 @@ name           question                                                         
 ``memory``     long time lags: copy-memory and adding problem, vs guessing             memory.py
 ``gradients``  vanishing/exploding ``||dL/dh_t||`` vs distance; norm clipping          gradients.py
 ``sharing``    parameters and FLOPs as the sequence grows: sharing over time           sharing.py
-``context``    (pending) how much context a char-LM uses — needs the char-LM trainer
-``compare``    (pending) RNN/LSTM/GRU vs MLP/CNN/bigram on real text — same
+``context``    bits/char of the window MLP (K = 1..16) vs RNN/LSTM/GRU on real text      context.py
+``compare``    every model kind under the same time budget on real text               compare.py
 =============  =====================================================================  ==========
 
 ``rnnlab experiment NAME [--out DIR] [--quick] [--seeds N]`` is :func:`cli_main`.
@@ -27,14 +27,7 @@ from pathlib import Path
 
 from ..errors import RnnlabError
 
-IMPLEMENTED = ("length", "memory", "gradients", "sharing")
-PENDING = {
-    # Registered so that the CLI and `all` know them; they need the char-LM trainer (rnnlab.lm).
-    # To add one: write experiments/<name>.py with run(out_dir, quick, seeds, **kw) -> Result and
-    # move the name from PENDING to IMPLEMENTED.
-    "context": "how much context a character LM uses",
-    "compare": "recurrent vs feed-forward language models on real text",
-}
+IMPLEMENTED = ("length", "memory", "gradients", "sharing", "context", "compare")
 DEFAULT_OUT = "runs/experiments"  # runs/ is git-ignored
 
 
@@ -48,18 +41,8 @@ def _loader(name: str):
     return run
 
 
-def _pending(name: str, what: str):
-    def run(out_dir, quick: bool = False, seeds: int = 3, **kw):
-        raise RnnlabError(f"experiment {name!r} ({what}) is not implemented yet: it needs the char-LM "
-                          "trainer (rnnlab.lm); run one of " + ", ".join(IMPLEMENTED))
-
-    run.__name__ = f"run_{name}"
-    return run
-
-
 REGISTRY = {name: _loader(name) for name in IMPLEMENTED}
-REGISTRY.update({name: _pending(name, what) for name, what in PENDING.items()})
-"""NAME -> ``run(out_dir, quick=False, seeds=3, **kw)``; pending names raise RnnlabError."""
+"""NAME -> ``run(out_dir, quick=False, seeds=3, **kw)``."""
 
 
 def run(name: str, out_dir=DEFAULT_OUT, quick: bool = False, seeds: int = 3, **kw):
@@ -78,11 +61,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="rnnlab experiment",
         description="Run an experiment; writes NAME.md, NAME.csv and NAME.png into --out.",
-        epilog="experiments: " + ", ".join(IMPLEMENTED) + "; pending: " + ", ".join(PENDING),
+        epilog="experiments: " + ", ".join(IMPLEMENTED),
     )
     p.add_argument("name", metavar="NAME", help="one of " + ", ".join(list(REGISTRY) + ["all"]))
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds")
+    p.add_argument("--text", default=None, metavar="PATH",
+                   help="UTF-8 text for context and compare (default: the built-in corpus)")
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds to average over (default: 3)")
     return p
 
@@ -109,7 +94,8 @@ def cli_main(argv=None) -> int:
     t0 = time.perf_counter()
     for name in names:
         t = time.perf_counter()
-        res = run(name, out, quick=args.quick, seeds=args.seeds)
+        kw = {"text": args.text} if name in ("context", "compare") and args.text else {}
+        res = run(name, out, quick=args.quick, seeds=args.seeds, **kw)
         files = ", ".join(str(res.paths[k]) for k in ("md", "csv", "png") if k in res.paths)
         print(f"{name}: {time.perf_counter() - t:.1f} s -> {files}", file=sys.stdout, flush=True)
     if len(names) > 1:
