@@ -54,11 +54,6 @@ def _state_from_arrays(model, arrays: list):
     return tuple(xs) if getattr(model, "cell", None) == "lstm" else xs[0]
 
 
-def initial_state(model, batch: int):
-    """The model's state at the start of a text (zeros / padding ids / None)."""
-    return model.initial_state(backend.xp, batch)
-
-
 def model_tensors(model) -> dict:
     return {f"model.{k}": v for k, v in model.params.items()}
 
@@ -216,7 +211,7 @@ class Trainer:
         else:
             x, y, reset = batch
             lengths = None
-            state = initial_state(self.model, cfg.batch) if reset or self.state is None else self.state
+            state = self.model.initial_state(xp, cfg.batch) if reset or self.state is None else self.state
         x, y = xp.asarray(x), xp.asarray(y)
         logits, state_n, cache = self.model.forward(x, state, lengths=lengths, rng=self.rng)
         loss, dlogits = softmax_cross_entropy(logits, y)
