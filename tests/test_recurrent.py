@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from rnnlab.gradcheck import gradcheck
 from rnnlab.interop.torch import from_torch, grads_to_torch, recurrent_state_from_torch, to_torch_state_dict
 from rnnlab.nn.recurrent import GRU, LSTM, RNN
 
@@ -133,7 +134,7 @@ def test_state_dict_round_trip_through_torch(cell):
 
 # --------------------------------------------------------------------------- finite differences
 def fd_check(layer, cell, T, B, lengths, rng, *, dropout_seed=None, eps=1e-6, max_entries=40):
-    """Max relative error (max-norm) of BPTT against central differences for every parameter,
+    """Relative error (rnnlab.gradcheck) of BPTT against central differences for every parameter,
     the input and the initial state(s). The loss is a random linear functional of y and state_n."""
     I, H = layer.input_size, layer.hidden_size
     LD = layer.num_layers * layer.num_directions
@@ -157,27 +158,12 @@ def fd_check(layer, cell, T, B, lengths, rng, *, dropout_seed=None, eps=1e-6, ma
     _, _, cache = layer.forward(x, pack(states), lengths=lengths, rng=r)
     dx, ds0 = layer.backward(wy, pack(ws), cache)
     ds0 = list(ds0) if cell == "lstm" else [ds0]
-    targets = {f"param:{k}": (v, layer.grads[k]) for k, v in layer.params.items()}
-    targets["x"] = (x, dx)
+    arrays = {f"param:{k}": v for k, v in layer.params.items()}
+    analytic = {f"param:{k}": layer.grads[k] for k in layer.params}
+    arrays["x"], analytic["x"] = x, dx
     for i, s in enumerate(states):
-        targets[f"state{i}"] = (s, ds0[i])
-    errors = {}
-    for name, (arr, analytic) in targets.items():
-        flat = arr.reshape(-1)
-        idx = np.arange(flat.size)
-        if flat.size > max_entries:
-            idx = rng.choice(flat.size, max_entries, replace=False)
-        num = np.empty(len(idx))
-        for j, i in enumerate(idx):
-            old = flat[i]
-            flat[i] = old + eps
-            lp = loss()
-            flat[i] = old - eps
-            lm = loss()
-            flat[i] = old
-            num[j] = (lp - lm) / (2 * eps)
-        errors[name] = rel(analytic.reshape(-1)[idx], num)
-    return errors
+        arrays[f"state{i}"], analytic[f"state{i}"] = s, ds0[i]
+    return gradcheck(loss, arrays, analytic, eps=eps, max_checks_per_array=max_entries, rng=rng)
 
 
 FD_CASES = [
