@@ -179,9 +179,20 @@ def main(argv=None) -> int:
             "cupy": cp.__version__, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
             "python": platform.python_version(), "numpy": np.__version__}
     print(json.dumps(info), flush=True)
-    par = parity(4 if args.quick else 12)
+    import traceback
+
+    try:
+        par = parity(4 if args.quick else 12)
+    except Exception:  # report and go on: one run should tell as much as it can
+        traceback.print_exc()
+        par = [{"cell": "all", "configs": 0, "max_rel_err_vs_numpy": float("nan"),
+                "max_rel_err_vs_torch_cuda": float("nan"), "ok": False}]
     configs = {"B": (64, 100, 256, 64), "C": (64, 100, 512, 64)}
-    tim = timing(configs, (1,) if args.quick else (1, 2), ("rnn", "lstm", "gru"))
+    try:
+        tim = timing(configs, (1,) if args.quick else (1, 2), ("rnn", "lstm", "gru"))
+    except Exception:
+        traceback.print_exc()
+        tim = []
     (out / "gpu_results.json").write_text(json.dumps({"info": info, "parity": par, "timing": tim}, indent=2))
     lines = [f"GPU: {info['gpu']}; CuPy {info['cupy']}; torch {info['torch']} (cuDNN {info['cudnn']})", "",
              "| cell | configs | max rel err vs NumPy | max rel err vs torch CUDA |", "|---|---:|---:|---:|"]
