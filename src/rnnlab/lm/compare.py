@@ -18,6 +18,7 @@ from ..io import atomic_write_text, read_jsonl
 from ..models import MODEL_KINDS
 from .config import TrainConfig
 from .corpus import Corpus
+from .plot import plot_curves
 from .rundir import RunDir
 from .trainer import Trainer, write_run_files
 
@@ -109,26 +110,6 @@ def write_report(rows: list[dict], budget: float, out: Path, corpus: Corpus) -> 
 
 
 def _plot(rows, path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for r in rows:
-        if r["curve"]:
-            xs, ys = zip(*r["curve"])
-            ax.plot(xs, ys, "o-", markersize=3, label=f"{r['model']} ({r['parameters']:,} params)")
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("validation loss (nats per character)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    curves = {f"{r['model']} ({r['parameters']:,} params)": tuple(zip(*r["curve"])) if r["curve"] else ((), ())
+              for r in rows}
+    plot_curves(curves, path, "training time (s)", "validation loss (nats per character)")
