@@ -76,6 +76,16 @@ def _lerp_(start, end, weight: float) -> None:
         start[...] = end - (end - start) * (1.0 - weight)
 
 
+def _fused_kernels(xp, param, slots=()):
+    """The numba kernel set for ``param`` (NumPy float32/float64; it and its slots contiguous, so
+    flat views write through), else None."""
+    if xp is not np or not param.flags.c_contiguous or not all(a.flags.c_contiguous for a in slots):
+        return None
+    from .nn.cells import fused_kernels
+
+    return fused_kernels(xp, param.dtype)
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise RnnlabError(message)
@@ -545,6 +555,10 @@ class Adam(Optimizer):
     def _update(self, param, grad, state, t):
         xp = backend.array_module(param)
         beta1, beta2 = self.betas
+        fk = _fused_kernels(xp, param, state.values())
+        if fk is not None:  # the same update as below, one compiled pass (numba)
+            self._fused_update(fk, param, grad, state, t)
+            return
         if self.weight_decay != 0.0:
             if self.decoupled_weight_decay:
                 param *= 1.0 - self.lr * self.weight_decay
@@ -567,6 +581,21 @@ class Adam(Optimizer):
         denom /= bias_correction2 ** 0.5
         denom += self.eps
         param -= step_size * (exp_avg / denom)
+
+    def _fused_update(self, fk, param, grad, state, t):
+        """:meth:`_update` as one numba loop; scalars are cast to the parameter's dtype the way
+        NumPy casts Python scalars, so both paths round alike."""
+        beta1, beta2 = self.betas
+        c = param.dtype.type
+        wd = self.weight_decay
+        decay = c(1.0 - self.lr * wd) if (wd != 0.0 and self.decoupled_weight_decay) else c(1.0)
+        coupled = c(wd) if (wd != 0.0 and not self.decoupled_weight_decay) else c(0.0)
+        w1 = 1.0 - beta1
+        vmax = state["max_exp_avg_sq"].reshape(-1) if self.amsgrad else None
+        fk.adam_step(param.reshape(-1), grad.reshape(-1), state["exp_avg"].reshape(-1),
+                     state["exp_avg_sq"].reshape(-1), vmax, decay, coupled, c(w1), abs(w1) < 0.5,
+                     c(1.0 - w1), c(beta2), c(1.0 - beta2), c((1.0 - beta2 ** t) ** 0.5), c(self.eps),
+                     c(self.lr / (1.0 - beta1 ** t)))
 
 
 class AdamW(Adam):

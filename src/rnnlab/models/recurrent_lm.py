@@ -56,11 +56,11 @@ class RecurrentLM(LanguageModel):
 
     def forward(self, x, state=None, lengths=None, rng=None):
         xp = backend.array_module(x)
-        if self.embed is not None:
-            e, ec = self.embed.forward(x)  # (T, B, E)
-        else:
-            e, ec = xp.eye(self.vocab_size, dtype=self.param_dtype)[x], None  # (T, B, V) one-hot
-        h, state_n, rc = self.rnn.forward(e, state, lengths=lengths, rng=rng)  # (T, B, H)
+        # The lookup (E[x] or the one-hot vector) is fused into the first recurrent layer: its
+        # input GEMMs then run over the V vocabulary rows instead of the T*B steps.
+        table = self.embed.weight if self.embed is not None else "onehot"
+        h, state_n, rc = self.rnn.forward(x, state, lengths=lengths, rng=rng, embedding=table)  # (T, B, H)
+        ec = None
         drop = None
         if self.training and self.dropout > 0:
             if rng is None:
@@ -76,6 +76,6 @@ class RecurrentLM(LanguageModel):
         dh = self.out.backward(dlogits, lc)  # (T, B, H)
         if drop is not None:
             dh *= drop
-        de, _ = self.rnn.backward(dh, None, rc)  # (T, B, E)
+        dtable, _ = self.rnn.backward(dh, None, rc)  # (V, E): dL/dE; None for one-hot input
         if self.embed is not None:
-            self.embed.backward(de, ec)
+            self.embed.grads["weight"] += dtable

@@ -2,8 +2,24 @@
 
 Every kernel reads and writes arrays that the caller owns (views into the loop's preallocated
 ``(T, B, ...)`` buffers), so the time loop in :mod:`rnnlab.nn.recurrent` allocates nothing per
-step. ``a`` is the pre-activation of all gates for one step, ``(B, G*H)``, already holding
-``W_xh x_t + b_h + W_hh h_{t-1}`` (the GRU keeps its recurrent term apart, see below).
+step. The loop hands each forward kernel the step's input projection ``a = W_xh x_t`` (``(B,
+G*H)``, a view of the whole-sequence GEMM), the step's recurrent GEMM ``hh = W_hh h_{t-1}`` and
+the bias ``b_h``; the kernel adds them (``a = W_xh x_t + b_h + W_hh h_{t-1}``, the GRU keeps its
+recurrent term apart, see below), activates and writes the gates over ``a``.
+
+**Backends.** :func:`kernels_for` is the one dispatch point: it returns the kernel set for an
+array module and dtype. NumPy float32/float64 arrays get the numba-compiled fused kernels of
+:mod:`rnnlab.nn.fused` (one pass per step, compiled lazily on first use and cached on disk) when
+numba is installed and ``RNNLAB_NO_NUMBA`` is not set; every other case (NumPy without numba,
+CuPy, other dtypes) gets :class:`UfuncKernels`, the same kernels written with ``xp`` ufuncs.
+Both sets have identical signatures and semantics; the layers call ``K.lstm_forward(...)`` and
+never know which one runs.
+
+Optional arguments: ``b`` (bias) and ``b_hn`` may be ``None`` (a layer without bias); ``dy``
+may be ``None`` (no gradient from the outputs); ``m (B,)`` is the row mask of a padded batch
+(1.0 on real steps, 0.0 on padding) or ``None``. On a padded row the backward kernels pass ``dh``
+through unchanged into ``dh_out`` and write zero pre-activation gradients (the LSTM's ``dc``
+stays as it is); the loop then carries ``dh`` past the step (see ``recurrent.py``).
 
 Shape legend: ``B`` batch, ``H`` hidden size, ``G`` gates (RNN 1, LSTM 4, GRU 3).
 
@@ -36,6 +52,59 @@ transcendental per element.
 """
 from __future__ import annotations
 
+import os
+
+import numpy as np
+
+_NUMBA = None  # the fused kernel set once imported, False when numba is unavailable
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def numba_enabled() -> bool:
+    """True when the numba kernels are in use for NumPy arrays: numba imports and the
+    environment variable ``RNNLAB_NO_NUMBA`` is unset (or ``0``/empty). Importing numba happens
+    here, on first use, never at ``import rnnlab``."""
+    global _NUMBA
+    if os.environ.get("RNNLAB_NO_NUMBA", "") not in ("", "0"):
+        return False
+    if _NUMBA is None:
+        try:
+            from . import fused
+        except ImportError:  # numba is an optional extra (pip install 'rnnlab[fast]')
+            _NUMBA = False
+        else:
+            _NUMBA = fused.KERNELS
+    return _NUMBA is not False
+
+
+def fused_kernels(xp, dtype):
+    """The numba kernel set (:mod:`rnnlab.nn.fused`) for NumPy float32/float64 arrays when
+    :func:`numba_enabled`, else ``None``. Besides the step kernels it holds ``softmax_xent``,
+    ``scatter_add_rows`` and ``adam_step``, which losses, Embedding and Adam use when given;
+    without it they run their NumPy/CuPy code."""
+    if xp is np and dtype in _FLOATS and numba_enabled():
+        return _NUMBA
+    return None
+
+
+def kernels_for(xp, dtype):
+    """The step kernels for arrays of module ``xp`` and ``dtype``: the numba set for NumPy
+    float32/float64 (when :func:`numba_enabled`), the fused CUDA set of :mod:`rnnlab.nn.cuda` for
+    CuPy float32/float64, else the ufunc set."""
+    k = fused_kernels(xp, dtype)
+    if k is not None:
+        return k
+    if xp is not np and getattr(xp, "__name__", "") == "cupy":
+        from . import cuda  # fused CUDA kernels, compiled on first use
+
+        k = cuda.kernels(xp, dtype)
+        if k is not None:
+            return k
+    k = _UFUNC.get(xp)
+    if k is None:
+        k = _UFUNC[xp] = UfuncKernels(xp)
+    return k
+
 
 def sigmoid_(x, xp):
     """In-place logistic sigmoid of ``x``."""
@@ -46,102 +115,147 @@ def sigmoid_(x, xp):
     return x
 
 
-# ------------------------------------------------------------------------------ vanilla RNN
-def rnn_forward_step(a, act: str, xp):
-    """``a (B, H)`` pre-activation -> ``h_t`` written over ``a``."""
-    if act == "tanh":
-        xp.tanh(a, out=a)
-    else:  # relu
-        xp.maximum(a, 0, out=a)
-    return a
+class UfuncKernels:
+    """The step kernels written with ``xp`` ufuncs, for any array module (NumPy, CuPy).
+
+    Same signatures and semantics as the numba kernels in :mod:`rnnlab.nn.fused`.
+    """
+
+    name = "ufunc"
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    # -------------------------------------------------------------------------- vanilla RNN
+    def rnn_forward(self, a, hh, b, relu, h_out):
+        """``h_out = act(a + hh + b)``; ``a`` may be ``h_out`` itself; ``hh`` may be used as
+        scratch (its content is undefined afterwards)."""
+        xp = self.xp
+        xp.add(a, hh, out=h_out)
+        if b is not None:
+            h_out += b
+        if relu:
+            xp.maximum(h_out, 0, out=h_out)
+        else:
+            xp.tanh(h_out, out=h_out)
+
+    def rnn_backward(self, dy, dnext, m, h, relu, dh_out, da_out):
+        """``dh_out = dy m + dnext``; ``da_out = dh_out act'(h) m``."""
+        xp = self.xp
+        _dh(xp, dy, dnext, m, dh_out)
+        if relu:
+            xp.greater(h, 0, out=da_out)  # bool -> float cast
+        else:
+            xp.multiply(h, h, out=da_out)
+            xp.subtract(1, da_out, out=da_out)
+        da_out *= dh_out
+        if m is not None:
+            da_out *= m[:, None]
+
+    # -------------------------------------------------------------------------- LSTM
+    def lstm_forward(self, a, hh, b, c_prev, c_out, tc_out, h_out):
+        """Gates ``i, f, g, o`` of ``a + hh + b`` written over ``a``; ``c_t``, ``tanh(c_t)``, ``h_t``."""
+        xp = self.xp
+        H = c_prev.shape[-1]
+        a += hh
+        if b is not None:
+            a += b
+        sigmoid_(a[:, : 2 * H], xp)  # i, f
+        xp.tanh(a[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])  # g
+        sigmoid_(a[:, 3 * H :], xp)  # o
+        i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+        xp.multiply(f, c_prev, out=c_out)
+        c_out += i * g
+        xp.tanh(c_out, out=tc_out)
+        xp.multiply(o, tc_out, out=h_out)
+
+    def lstm_backward(self, dy, dnext, m, dc, gates, c_prev, tc, dh_out, da_out):
+        """``dh_out = dy m + dnext``; pre-activation gradient into ``da_out``; ``dc`` (the gradient
+        reaching ``c_t`` from step t+1) becomes ``dL/dc_{t-1}`` in place (unchanged where ``m``
+        is 0)."""
+        xp = self.xp
+        H = c_prev.shape[-1]
+        dh = _dh(xp, dy, dnext, m, dh_out)
+        if m is not None:
+            dh = dh * m[:, None]
+        i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+        da_i, da_f, da_g, da_o = da_out[:, :H], da_out[:, H : 2 * H], da_out[:, 2 * H : 3 * H], da_out[:, 3 * H :]
+        # da_o = dh * tanh(c) * o (1 - o)
+        xp.multiply(dh, tc, out=da_o)
+        da_o *= o * (1 - o)
+        # dc_t = dc + dh * o * (1 - tanh(c)^2)
+        dct = dc + dh * o * (1 - tc * tc)
+        xp.multiply(dct, g, out=da_i)
+        da_i *= i * (1 - i)
+        xp.multiply(dct, c_prev, out=da_f)
+        da_f *= f * (1 - f)
+        xp.multiply(dct, i, out=da_g)
+        da_g *= 1 - g * g
+        dct *= f  # dc_{t-1}
+        if m is None:
+            dc[...] = dct
+        else:
+            xp.copyto(dc, dct, where=m[:, None] != 0)
+            da_out *= m[:, None]
+
+    # -------------------------------------------------------------------------- GRU
+    def gru_forward(self, ax, hh, b, b_hn, h_prev, hn_out, h_out):
+        """Gates ``r, z, n`` written over ``ax``; ``hh_n + b_hn`` into ``hn_out``; ``h_t`` into
+        ``h_out``."""
+        xp = self.xp
+        H = h_prev.shape[-1]
+        if b is not None:
+            ax += b
+        rz = ax[:, : 2 * H]
+        rz += hh[:, : 2 * H]
+        sigmoid_(rz, xp)
+        r, z, n = ax[:, :H], ax[:, H : 2 * H], ax[:, 2 * H :]
+        if b_hn is None:
+            hn_out[...] = hh[:, 2 * H :]
+        else:
+            xp.add(hh[:, 2 * H :], b_hn, out=hn_out)
+        n += r * hn_out
+        xp.tanh(n, out=n)
+        # h = n + z * (h_prev - n)
+        xp.subtract(h_prev, n, out=h_out)
+        h_out *= z
+        h_out += n
+
+    def gru_backward(self, dy, dnext, direct, m, gates, hn, h_prev, dh_out, dhh_out, dan_out):
+        """``dh_out = dy m + dnext + direct``; ``dhh_out = [dar, daz, dhh_n]``, ``dan_out``;
+        ``direct`` becomes ``dh m z``, the part of ``dh_{t-1}`` that bypasses ``W_hh``."""
+        xp = self.xp
+        H = h_prev.shape[-1]
+        dh = _dh(xp, dy, dnext, m, dh_out)
+        dh_out += direct
+        if m is not None:
+            dh = dh * m[:, None]
+        r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
+        dar, daz, dhn = dhh_out[:, :H], dhh_out[:, H : 2 * H], dhh_out[:, 2 * H :]
+        # dan = dh * (1 - z) * (1 - n^2)
+        xp.multiply(dh, 1 - z, out=dan_out)
+        dan_out *= 1 - n * n
+        # daz = dh * (h_prev - n) * z (1 - z)
+        xp.subtract(h_prev, n, out=daz)
+        daz *= dh
+        daz *= z * (1 - z)
+        # dar = dan * hn * r (1 - r);  dhh_n = dan * r
+        xp.multiply(dan_out, hn, out=dar)
+        dar *= r * (1 - r)
+        xp.multiply(dan_out, r, out=dhn)
+        xp.multiply(dh, z, out=direct)
 
 
-def rnn_backward_step(dh, h, act: str, out, xp):
-    """``da = dh * act'(h)`` into ``out (B, H)``; ``h`` is the step's output."""
-    if act == "tanh":
-        xp.multiply(h, h, out=out)
-        xp.subtract(1, out, out=out)
-        out *= dh
+def _dh(xp, dy, dnext, m, out):
+    """``out = dy m + dnext`` (``dy``, ``m`` optional); returns ``out``."""
+    if dy is None:
+        out[...] = dnext
+    elif m is None:
+        xp.add(dy, dnext, out=out)
     else:
-        xp.greater(h, 0, out=out)  # bool -> float cast
-        out *= dh
+        xp.multiply(dy, m[:, None], out=out)
+        out += dnext
     return out
 
 
-# ------------------------------------------------------------------------------ LSTM
-def lstm_forward_step(a, c_prev, c_out, tc_out, h_out, xp):
-    """Gates from ``a (B, 4H)`` (activated in place), then ``c_t``, ``tanh(c_t)``, ``h_t``."""
-    H = c_prev.shape[-1]
-    sigmoid_(a[:, : 2 * H], xp)           # i, f
-    xp.tanh(a[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])  # g
-    sigmoid_(a[:, 3 * H :], xp)            # o
-    i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-    xp.multiply(f, c_prev, out=c_out)
-    c_out += i * g
-    xp.tanh(c_out, out=tc_out)
-    xp.multiply(o, tc_out, out=h_out)
-
-
-def lstm_backward_step(dh, dc, gates, c_prev, tc, da, xp):
-    """Pre-activation gradient ``da (B, 4H)`` from ``dh`` and ``dc`` (the gradient reaching
-    ``c_t`` from step t+1, updated in place to the total ``dL/dc_t``). Returns ``dc_{t-1}``."""
-    H = c_prev.shape[-1]
-    i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
-    da_i, da_f, da_g, da_o = da[:, :H], da[:, H : 2 * H], da[:, 2 * H : 3 * H], da[:, 3 * H :]
-    # da_o = dh * tanh(c) * o (1 - o)
-    xp.multiply(dh, tc, out=da_o)
-    da_o *= o * (1 - o)
-    # dc += dh * o * (1 - tanh(c)^2)
-    dc += dh * o * (1 - tc * tc)
-    xp.multiply(dc, g, out=da_i)
-    da_i *= i * (1 - i)
-    xp.multiply(dc, c_prev, out=da_f)
-    da_f *= f * (1 - f)
-    xp.multiply(dc, i, out=da_g)
-    da_g *= 1 - g * g
-    return dc * f
-
-
-# ------------------------------------------------------------------------------ GRU
-def gru_forward_step(ax, hh, b_hn, h_prev, hn_out, h_out, xp):
-    """``ax (B, 3H)`` input part (bias included), ``hh (B, 3H) = h_prev W_hh^T``.
-
-    Writes the gates ``r, z, n`` over ``ax``, ``hh_n + b_hn`` into ``hn_out`` and ``h_t`` into
-    ``h_out``.
-    """
-    H = h_prev.shape[-1]
-    rz = ax[:, : 2 * H]
-    rz += hh[:, : 2 * H]
-    sigmoid_(rz, xp)
-    r, z, n = ax[:, :H], ax[:, H : 2 * H], ax[:, 2 * H :]
-    if b_hn is None:
-        hn_out[...] = hh[:, 2 * H :]
-    else:
-        xp.add(hh[:, 2 * H :], b_hn, out=hn_out)
-    n += r * hn_out
-    xp.tanh(n, out=n)
-    # h = n + z * (h_prev - n)
-    xp.subtract(h_prev, n, out=h_out)
-    h_out *= z
-    h_out += n
-
-
-def gru_backward_step(dh, gates, hn, h_prev, dhh, dan, xp):
-    """From ``dh (B, H)``: ``dhh (B, 3H) = [dar, daz, dhh_n]`` (the recurrent GEMM's input) and
-    ``dan (B, H)`` (the candidate's input-side pre-activation gradient). Returns ``dh * z``,
-    the part of ``dh_{t-1}`` that bypasses ``W_hh``."""
-    H = h_prev.shape[-1]
-    r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
-    dar, daz, dhn = dhh[:, :H], dhh[:, H : 2 * H], dhh[:, 2 * H :]
-    # dan = dh * (1 - z) * (1 - n^2)
-    xp.multiply(dh, 1 - z, out=dan)
-    dan *= 1 - n * n
-    # daz = dh * (h_prev - n) * z (1 - z)
-    xp.subtract(h_prev, n, out=daz)
-    daz *= dh
-    daz *= z * (1 - z)
-    # dar = dan * hn * r (1 - r);  dhh_n = dan * r
-    xp.multiply(dan, hn, out=dar)
-    dar *= r * (1 - r)
-    xp.multiply(dan, r, out=dhn)
-    return dh * z
+_UFUNC: dict = {}

@@ -5,6 +5,8 @@ import numpy as np
 
 from .. import backend
 from ..errors import RnnlabError
+from . import workspace
+from .cells import fused_kernels
 from .module import Module
 
 
@@ -24,12 +26,18 @@ def scatter_add_rows(target, idx, rows, method: str | None = None):
 
     Both are exact sums (no dropped duplicates); they differ from ``np.add.at`` only in the order
     of floating-point additions. Returns ``target``.
+
+    With ``method=None`` on NumPy float32/float64 arrays and numba available, a compiled loop
+    adds the rows in ``np.add.at``'s order instead (:func:`rnnlab.nn.fused.scatter_add_rows`).
     """
     xp = backend.array_module(target, idx, rows)
     n, e = rows.shape
     if n == 0:
         return target
     if method is None:
+        fk = fused_kernels(xp, target.dtype)
+        if fk is not None and rows.dtype == target.dtype and idx.dtype.kind in "iu":
+            return fk.scatter_add_rows(target, idx, rows)  # one pass, np.add.at's order (numba)
         method = "reduceat" if hasattr(xp.add, "reduceat") else "bincount"
     if method == "reduceat":
         order = xp.argsort(idx, kind="stable")  # (N,)
@@ -109,7 +117,11 @@ class Embedding(Module):
                 f"token id out of range [0, {self.num_embeddings}) (got {int(idx.min())}.."
                 f"{int(idx.max())}): encode the data with the model's vocabulary"
             )
-        y = xp.take(self.weight, idx, axis=0)  # (..., E)
+        if xp is np:  # ids checked above, so "clip" never clips; it lets take write out= directly
+            y = workspace.empty(idx.shape + (self.embedding_dim,), self.weight.dtype, xp)
+            np.take(self.weight, idx, axis=0, out=y, mode="clip")  # (..., E)
+        else:
+            y = xp.take(self.weight, idx, axis=0)  # (..., E)
         return y, idx
 
     def backward(self, dy, cache):

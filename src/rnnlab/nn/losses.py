@@ -19,6 +19,8 @@ Softmax cross-entropy for logits ``z (N, V)`` and targets ``y (N,)``, with weigh
 from __future__ import annotations
 
 from .. import backend
+from . import workspace
+from .cells import fused_kernels
 
 
 def log_softmax(x, axis: int = -1):
@@ -68,6 +70,8 @@ def softmax_cross_entropy(logits, targets, ignore_index: int | None = -1, mask=N
         ``dloss/dlogits``, zero on ignored items.
 
     Memory: one ``(N, V)`` buffer holds ``logits - max``, then its exponent, then the gradient.
+    With numba (NumPy float32/float64) the same math runs as one fused pass per row
+    (:func:`rnnlab.nn.fused.softmax_xent`) writing the gradient buffer directly.
     """
     _check_reduction(reduction)
     xp = backend.array_module(logits, targets)
@@ -88,21 +92,26 @@ def softmax_cross_entropy(logits, targets, ignore_index: int | None = -1, mask=N
     t_safe = xp.where(keep, t, 0)  # (N,): ignored items read class 0, weighted 0
     if N and (int(t_safe.min()) < 0 or int(t_safe.max()) >= V):
         raise ValueError(f"targets must lie in [0, {V}) or equal ignore_index={ignore_index}")
-    rows = xp.arange(N)
-
-    buf = z - z.max(axis=1, keepdims=True)  # (N, V): shifted logits, max 0
-    z_t = buf[rows, t_safe]  # (N,) shifted target logit (a copy)
-    xp.exp(buf, out=buf)  # (N, V): exp, each row sums to >= 1
-    s = buf.sum(axis=1)  # (N,)
-    nll = xp.log(s)  # (N,)
-    nll -= z_t  # (N,) per-item loss
-
     if reduction == "mean":
         total = w.sum()
         denom = xp.where(total > 0, total, xp.ones_like(total))  # all ignored -> 0 / 1 = 0
         scale = w / denom  # (N,)
     else:
         scale = w
+
+    fk = fused_kernels(xp, z.dtype)
+    if fk is not None and N and V:  # one fused pass over (N, V) (numba)
+        grad = workspace.empty((N, V), z.dtype, xp)
+        loss = fk.softmax_xent(z, t_safe, scale, grad)
+        return xp.asarray(loss, dtype=z.dtype), grad.reshape(logits.shape)
+
+    rows = xp.arange(N)
+    buf = z - z.max(axis=1, keepdims=True)  # (N, V): shifted logits, max 0
+    z_t = buf[rows, t_safe]  # (N,) shifted target logit (a copy)
+    xp.exp(buf, out=buf)  # (N, V): exp, each row sums to >= 1
+    s = buf.sum(axis=1)  # (N,)
+    nll = xp.log(s)  # (N,)
+    nll -= z_t  # (N,) per-item loss
     loss = (nll * scale).sum()
 
     buf /= s[:, None]  # (N, V) softmax

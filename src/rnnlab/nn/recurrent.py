@@ -38,7 +38,15 @@ import numpy as np
 from .. import backend
 from . import cells
 from . import init as winit
+from ..errors import RnnlabError
+from .embedding import scatter_add_rows
 from .module import Module
+from .workspace import empty as _ws_empty
+
+
+def _ws(xp, shape, dtype):
+    """A pooled ``xp.empty`` (see :mod:`rnnlab.nn.workspace`)."""
+    return _ws_empty(shape, dtype, xp)
 
 
 class _Recurrent(Module):
@@ -171,21 +179,35 @@ class _Recurrent(Module):
         return keep, mf
 
     # ------------------------------------------------------------------------- forward
-    def forward(self, x, state=None, lengths=None, rng: np.random.Generator | None = None):
+    def forward(self, x, state=None, lengths=None, rng: np.random.Generator | None = None, embedding=None):
         """Run the whole sequence. Returns ``(y, state_n, cache)``; see the module docstring.
 
         ``rng`` is required when dropout is active (training mode, ``dropout > 0``, more than
         one layer).
+
+        ``embedding`` fuses a token lookup into the first layer: ``x`` is then integer ids
+        ``(T, B)`` (``(B, T)`` with ``batch_first``) and the first layer's input is
+        ``embedding[x]`` for a table ``embedding (V, input_size)``, or the one-hot vector of
+        ``x`` for ``embedding="onehot"`` (``V = input_size``). The result is the same as passing
+        the looked-up ``(T, B, input_size)`` input, but the first layer's input-side GEMMs shrink
+        from ``T*B`` rows to ``V`` rows: the input projection is a row gather from the ``(V,
+        G*H)`` product ``embedding W_xh^T``, and its gradients are sums of ``da_t`` per token. In
+        this mode :meth:`backward` returns the gradient with respect to the table, ``(V,
+        input_size)`` (``None`` for one-hot), in place of ``dx``.
         """
         xp = backend.array_module(x)
-        x = xp.asarray(x, dtype=self.param_dtype)
-        if x.ndim != 3:
-            raise ValueError(f"input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I), got shape {tuple(x.shape)}")
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)  # (B, T, I) -> (T, B, I)
-        T, B, I = x.shape
-        if I != self.input_size:
-            raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
+        if embedding is not None:
+            x = self._ids_input(xp, x, embedding)
+            T, B = x.ids.shape
+        else:
+            x = xp.asarray(x, dtype=self.param_dtype)
+            if x.ndim != 3:
+                raise ValueError(f"input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I), got shape {tuple(x.shape)}")
+            if self.batch_first:
+                x = x.transpose(1, 0, 2)  # (B, T, I) -> (T, B, I)
+            T, B, I = x.shape
+            if I != self.input_size:
+                raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
         h0, c0 = self._split_state(xp, state, B)
         keep, mf = self._masks(xp, lengths, T, B)
         H, D = self.hidden_size, self.num_directions
@@ -229,6 +251,30 @@ class _Recurrent(Module):
 
     __call__ = forward
 
+    def _ids_input(self, xp, x, embedding):
+        """Validate token ids and their table for ``forward(..., embedding=)``."""
+        x = xp.asarray(x)
+        if x.dtype.kind not in "iu":
+            raise TypeError(f"with embedding=, x must hold integer token ids, got dtype {x.dtype}")
+        if x.ndim != 2:
+            raise ValueError(f"with embedding=, x must have shape ({'B, T' if self.batch_first else 'T, B'}), "
+                             f"got {tuple(x.shape)}")
+        if self.batch_first:
+            x = x.T  # (B, T) -> (T, B)
+        if isinstance(embedding, str):
+            if embedding != "onehot":
+                raise ValueError(f"embedding must be an array (V, {self.input_size}) or 'onehot', got {embedding!r}")
+            table, V = None, self.input_size
+        else:
+            table = xp.asarray(embedding, dtype=self.param_dtype)
+            if table.ndim != 2 or table.shape[1] != self.input_size:
+                raise ValueError(f"embedding table must have shape (V, {self.input_size}), got {tuple(table.shape)}")
+            V = table.shape[0]
+        if x.size and (int(x.min()) < 0 or int(x.max()) >= V):
+            raise RnnlabError(f"token id out of range [0, {V}) (got {int(x.min())}..{int(x.max())}): "
+                              "encode the data with the model's vocabulary")
+        return _Ids(x, table, V, self.input_size)
+
     def _p(self, k, d):
         n = self.names[k][d]
         return {role: self.params[name] for role, name in n.items()}
@@ -237,13 +283,24 @@ class _Recurrent(Module):
         n = self.names[k][d]
         return {role: self.grads[name] for role, name in n.items()}
 
-    def _input_projection(self, xp, inp, p):
-        """``(T, B, I) -> (T, B, G*H)``: ``x W_xh^T + b_h`` for all steps as one GEMM."""
+    def _input_projection(self, xp, inp, p, out=None):
+        """``(T, B, I) -> (T, B, G*H)``: ``x W_xh^T`` for all steps as one GEMM (into ``out``, a
+        C-contiguous ``(T, B, G*H)`` array, when given). The bias ``b_h`` is added by the step
+        kernels, which read this array anyway."""
         T, B, I = inp.shape
-        a = xp.matmul(inp.reshape(T * B, I), p["W_xh"].T)  # (T*B, G*H)
-        if "b_h" in p:
-            a += p["b_h"]
-        return a.reshape(T, B, -1)  # (T, B, G*H)
+        if out is None:
+            out = _ws(xp, (T, B, p["W_xh"].shape[0]), self.param_dtype)
+        out2 = out.reshape(T * B, -1)  # (T*B, G*H)
+        if isinstance(inp, _Ids):  # a row gather from the (V, G*H) table of projections
+            w_t = p["W_xh"].T  # (I, G*H)
+            proj = xp.ascontiguousarray(w_t) if inp.table is None else xp.matmul(inp.table, w_t)  # (V, G*H)
+            if xp is np:
+                np.take(proj, inp.flat, axis=0, out=out2, mode="clip")  # ids checked in forward
+            else:
+                out2[...] = proj[inp.flat]
+            return out
+        xp.matmul(inp.reshape(T * B, I), p["W_xh"].T, out=out2)
+        return out
 
     # ------------------------------------------------------------------------- backward
     def backward(self, dy, dstate_n, cache):
@@ -255,7 +312,9 @@ class _Recurrent(Module):
         """
         T, B = cache["T"], cache["B"]
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
-        xp = backend.array_module(cache["layers"][0]["input"])
+        first_in = cache["layers"][0]["input"]
+        ids_mode = isinstance(first_in, _Ids)
+        xp = backend.array_module(first_in.ids if ids_mode else first_in)
         if dy is not None:
             dy = xp.asarray(dy, dtype=self.param_dtype)
             if self.batch_first:
@@ -271,17 +330,22 @@ class _Recurrent(Module):
         dh0 = self._zeros_state(xp, B)
         dc0 = self._zeros_state(xp, B) if self.has_cell_state else None
         keep, mf = cache["keep"], cache["mf"]
+        m = None if mf is None else mf[:, :, 0]  # (T, B) row masks for the kernels
         for k in reversed(range(L)):
             lc = cache["layers"][k]
             inp = lc["input"]
-            dinp = xp.zeros(inp.shape, self.param_dtype)  # C-contiguous, so reshapes are views
+            if isinstance(inp, _Ids):  # the table's gradient (V, I), or nothing for one-hot
+                dinp = None if inp.table is None else xp.zeros(inp.table.shape, self.param_dtype)
+            else:
+                dinp = _ws(xp, inp.shape, self.param_dtype)  # C-contiguous, so reshapes are views
             for d in range(D):
                 idx = k * D + d
                 dy_d = None if dy is None else dy[:, :, d * H : (d + 1) * H]
                 dhn_d = None if dh_n is None else dh_n[idx]
                 dcn_d = None if dc_n is None else dc_n[idx]
                 DH, dh_first, dc_first = self._backward_dir(
-                    xp, dy_d, dhn_d, dcn_d, lc["dirs"][d], inp, self._p(k, d), self._g(k, d), keep, mf, d == 1, dinp
+                    xp, dy_d, dhn_d, dcn_d, lc["dirs"][d], inp, self._p(k, d), self._g(k, d), keep, m, d == 1,
+                    dinp, d == 0,
                 )
                 cache["dh"][k][d] = DH
                 dh0[idx] = dh_first
@@ -291,21 +355,50 @@ class _Recurrent(Module):
                 dinp *= lc["drop"]
             dy = dinp
         dx = dy
-        if self.batch_first:
+        if self.batch_first and not ids_mode:
             dx = dx.transpose(1, 0, 2)  # (T, B, I) -> (B, T, I)
         return dx, ((dh0, dc0) if self.has_cell_state else dh0)
 
-    def _weight_grads(self, xp, dA, inp, hprev, p, g, dinp):
+    def _weight_grads(self, xp, dA, inp, hprev, p, g, dinp, first):
         """The whole-sequence GEMMs: ``dW_hh += dA^T h_prev``, ``dW_xh += dA^T x``,
-        ``db_h += sum dA``, ``dx += dA W_xh`` with ``dA (T, B, G*H)``."""
+        ``db_h += sum dA``, ``dx (+)= dA W_xh`` with ``dA (T, B, G*H)``; ``first`` (the first
+        direction of a layer) writes ``dx`` instead of adding to it."""
         T, B, GH = dA.shape
         dA2 = dA.reshape(T * B, GH)  # (T*B, G*H)
-        x2 = inp.reshape(T * B, -1)  # (T*B, I)
-        g["W_hh"] += dA2.T @ hprev.reshape(T * B, -1)
-        g["W_xh"] += dA2.T @ x2
-        if "b_h" in g:
-            g["b_h"] += dA2.sum(axis=0)
-        dinp.reshape(T * B, -1)[...] += dA2 @ p["W_xh"]
+        _gemm_add(xp, dA2.T, hprev.reshape(T * B, -1), g["W_hh"])
+        self._input_grads(xp, [(0, GH, dA2)], inp, p, g, dinp, first)
+
+    def _input_grads(self, xp, parts, inp, p, g, dinp, first):
+        """Input-side gradients from ``parts = [(lo, hi, dA2 (T*B, hi-lo))]``, the pre-activation
+        gradients of rows ``lo:hi`` of ``W_xh``: ``dW_xh += dA^T x``, ``db_h += sum dA``,
+        ``dx (+)= dA W_xh``.
+
+        For token-id input (``forward(..., embedding=)``) the ``T*B`` rows collapse to ``V``
+        first: ``Q[v] = sum of dA over the steps whose token is v`` (a scatter-add), then
+        ``dW_xh += Q^T E``, ``db_h += sum_v Q[v]`` and ``dE += Q W_xh`` (one-hot: ``E = I``,
+        no ``dE``)."""
+        w = p["W_xh"]
+        if isinstance(inp, _Ids):
+            Q = xp.zeros((inp.V, w.shape[0]), self.param_dtype)  # (V, G*H) per-token sums of dA
+            for lo, hi, dpart in parts:
+                scatter_add_rows(Q[:, lo:hi], inp.flat, dpart)
+            if inp.table is None:
+                g["W_xh"] += Q.T
+            else:
+                _gemm_add(xp, Q.T, inp.table, g["W_xh"])
+            if "b_h" in g:
+                g["b_h"] += Q.sum(axis=0)
+            if dinp is not None:
+                dinp += Q @ w
+            return
+        N = parts[0][2].shape[0]
+        x2 = inp.reshape(N, -1)  # (T*B, I)
+        dx2 = dinp.reshape(N, -1)
+        for j, (lo, hi, dpart) in enumerate(parts):
+            _gemm_add(xp, dpart.T, x2, g["W_xh"][lo:hi])
+            if "b_h" in g:
+                g["b_h"][lo:hi] += dpart.sum(axis=0)
+            _gemm_into(xp, dpart, w[lo:hi], dx2, first and j == 0)
 
     @staticmethod
     def _steps(T, reverse):
@@ -315,17 +408,42 @@ class _Recurrent(Module):
             return [(t, t + 1, t) for t in range(T - 1, -1, -1)]
         return [(t, t, t + 1) for t in range(T)]
 
-    def _init_dh(self, xp, dy_t, mf_t, dnext, out):
-        """``dL/dh_t = dy_t (real steps only) + dL/dh_t from step t+1``, into ``out``."""
-        if dy_t is None:
-            out[...] = dnext
-        else:
-            if mf_t is None:
-                xp.add(dy_t, dnext, out=out)
-            else:
-                xp.multiply(dy_t, mf_t, out=out)
-                out += dnext
-        return out
+    def _kernels(self, xp):
+        return cells.kernels_for(xp, self.param_dtype)
+
+    def _dstate(self, xp, d_n, B):
+        """A fresh ``(B, H)`` buffer holding ``d_n`` (zeros when None), updated by the loop."""
+        if d_n is None:
+            return xp.zeros((B, self.hidden_size), self.param_dtype)
+        return xp.array(d_n, dtype=self.param_dtype)
+
+
+class _Ids:
+    """The first layer's input given as token ids (``forward(..., embedding=)``): the rows of
+    ``table (V, I)``, or one-hot vectors when ``table`` is None (``V = I``)."""
+
+    def __init__(self, ids, table, V, I):
+        self.ids = ids  # (T, B) time-major
+        self.flat = ids.reshape(-1)  # (T*B,)
+        self.table = table
+        self.V = V
+        self.shape = tuple(ids.shape) + (I,)  # the (T, B, I) input it stands for
+
+
+def _gemm_into(xp, a, b, out, overwrite):
+    """``out = a @ b`` when ``overwrite``, else ``out += a @ b`` (through a pooled temporary)."""
+    if overwrite:
+        xp.matmul(a, b, out=out)
+    else:
+        _gemm_add(xp, a, b, out)
+
+
+def _gemm_add(xp, a, b, out):
+    """``out += a @ b``: the GEMM into a pooled temporary, then one add (NumPy exposes no
+    ``beta = 1``)."""
+    tmp = _ws(xp, (a.shape[0], b.shape[1]), out.dtype)
+    xp.matmul(a, b, out=tmp)
+    out += tmp
 
 
 class RNN(_Recurrent):
@@ -352,40 +470,38 @@ class RNN(_Recurrent):
     def _forward_dir(self, xp, inp, p, h0, c0, keep, reverse):
         T, B, _ = inp.shape
         H = self.hidden_size
-        S = xp.empty((T + 1, B, H), self.param_dtype)  # states; outputs are a view
+        K = self._kernels(xp)
+        S = _ws(xp, (T + 1, B, H), self.param_dtype)  # states; outputs are a view
         S[T if reverse else 0] = h0
-        out = S[:-1] if reverse else S[1:]
-        out[...] = self._input_projection(xp, inp, p)
-        whh_t = p["W_hh"].T
+        self._input_projection(xp, inp, p, out=S[:-1] if reverse else S[1:])  # W_xh x_t, in place
+        whh_t, b = p["W_hh"].T, p.get("b_h")
         tmp = xp.empty((B, H), self.param_dtype)
-        act = self.nonlinearity
+        relu = self.nonlinearity == "relu"
         for t, ip, ic in self._steps(T, reverse):
             xp.matmul(S[ip], whh_t, out=tmp)
             cur = S[ic]
-            cur += tmp
-            cells.rnn_forward_step(cur, act, xp)
+            K.rnn_forward(cur, tmp, b, relu, cur)
             if keep is not None:
                 xp.copyto(cur, S[ip], where=keep[t])
         return {"S": S}
 
-    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, mf, reverse, dinp):
+    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, m, reverse, dinp, first):
         S = dc["S"]
         T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
-        DH = xp.empty((T, B, H), self.param_dtype)
-        dA = xp.empty((T, B, H), self.param_dtype)
-        dnext = xp.zeros((B, H), self.param_dtype) if dh_n is None else xp.array(dh_n, dtype=self.param_dtype)
+        K = self._kernels(xp)
+        DH = _ws(xp, (T, B, H), self.param_dtype)
+        dA = _ws(xp, (T, B, H), self.param_dtype)
+        dnext = self._dstate(xp, dh_n, B)
         w_hh = p["W_hh"]
-        act = self.nonlinearity
+        relu = self.nonlinearity == "relu"
         for t, ip, ic in reversed(self._steps(T, reverse)):
-            dh = self._init_dh(xp, None if dy is None else dy[t], None if mf is None else mf[t], dnext, DH[t])
-            cells.rnn_backward_step(dh, S[ic], act, dA[t], xp)
-            if mf is not None:
-                dA[t] *= mf[t]
+            K.rnn_backward(None if dy is None else dy[t], dnext, None if m is None else m[t], S[ic], relu,
+                           DH[t], dA[t])
             xp.matmul(dA[t], w_hh, out=dnext)
             if keep is not None:
-                xp.copyto(dnext, dh, where=keep[t])
+                xp.copyto(dnext, DH[t], where=keep[t])
         hprev = S[1:] if reverse else S[:-1]
-        self._weight_grads(xp, dA, inp, hprev, p, g, dinp)
+        self._weight_grads(xp, dA, inp, hprev, p, g, dinp, first)
         return DH, dnext, None
 
 
@@ -403,45 +519,40 @@ class LSTM(_Recurrent):
     def _forward_dir(self, xp, inp, p, h0, c0, keep, reverse):
         T, B, _ = inp.shape
         H = self.hidden_size
-        A = self._input_projection(xp, inp, p)  # (T, B, 4H): pre-activations, then gates
-        S = xp.empty((T + 1, B, H), self.param_dtype)
-        C = xp.empty((T + 1, B, H), self.param_dtype)
-        TC = xp.empty((T, B, H), self.param_dtype)  # tanh(c_t)
+        K = self._kernels(xp)
+        A = self._input_projection(xp, inp, p)  # (T, B, 4H): W_xh x_t, then the gates
+        S = _ws(xp, (T + 1, B, H), self.param_dtype)
+        C = _ws(xp, (T + 1, B, H), self.param_dtype)
+        TC = _ws(xp, (T, B, H), self.param_dtype)  # tanh(c_t)
         S[T if reverse else 0] = h0
         C[T if reverse else 0] = c0
-        whh_t = p["W_hh"].T
+        whh_t, b = p["W_hh"].T, p.get("b_h")
         tmp = xp.empty((B, 4 * H), self.param_dtype)
         for t, ip, ic in self._steps(T, reverse):
             xp.matmul(S[ip], whh_t, out=tmp)
-            a = A[t]
-            a += tmp
-            cells.lstm_forward_step(a, C[ip], C[ic], TC[t], S[ic], xp)
+            K.lstm_forward(A[t], tmp, b, C[ip], C[ic], TC[t], S[ic])
             if keep is not None:
                 xp.copyto(S[ic], S[ip], where=keep[t])
                 xp.copyto(C[ic], C[ip], where=keep[t])
         return {"S": S, "C": C, "A": A, "TC": TC}
 
-    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, mf, reverse, dinp):
+    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, m, reverse, dinp, first):
         S, C, A, TC = dc["S"], dc["C"], dc["A"], dc["TC"]
         T, B, H = TC.shape
-        DH = xp.empty((T, B, H), self.param_dtype)
-        dA = xp.empty((T, B, 4 * H), self.param_dtype)
-        dnext = xp.zeros((B, H), self.param_dtype) if dh_n is None else xp.array(dh_n, dtype=self.param_dtype)
-        dcell = xp.zeros((B, H), self.param_dtype) if dc_n is None else xp.array(dc_n, dtype=self.param_dtype)
+        K = self._kernels(xp)
+        DH = _ws(xp, (T, B, H), self.param_dtype)
+        dA = _ws(xp, (T, B, 4 * H), self.param_dtype)
+        dnext = self._dstate(xp, dh_n, B)
+        dcell = self._dstate(xp, dc_n, B)  # dL/dc_t, updated in place by the kernel
         w_hh = p["W_hh"]
         for t, ip, ic in reversed(self._steps(T, reverse)):
-            dh = self._init_dh(xp, None if dy is None else dy[t], None if mf is None else mf[t], dnext, DH[t])
-            dh_eff = dh if mf is None else dh * mf[t]
-            dc_prev = cells.lstm_backward_step(dh_eff, dcell, A[t], C[ip], TC[t], dA[t], xp)
-            if mf is not None:
-                dA[t] *= mf[t]
-                xp.copyto(dc_prev, dcell, where=keep[t])
-            dcell = dc_prev
+            K.lstm_backward(None if dy is None else dy[t], dnext, None if m is None else m[t], dcell, A[t], C[ip],
+                            TC[t], DH[t], dA[t])
             xp.matmul(dA[t], w_hh, out=dnext)
             if keep is not None:
-                xp.copyto(dnext, dh, where=keep[t])
+                xp.copyto(dnext, DH[t], where=keep[t])
         hprev = S[1:] if reverse else S[:-1]
-        self._weight_grads(xp, dA, inp, hprev, p, g, dinp)
+        self._weight_grads(xp, dA, inp, hprev, p, g, dinp, first)
         return DH, dnext, dcell
 
 
@@ -459,49 +570,42 @@ class GRU(_Recurrent):
     def _forward_dir(self, xp, inp, p, h0, c0, keep, reverse):
         T, B, _ = inp.shape
         H = self.hidden_size
+        K = self._kernels(xp)
         A = self._input_projection(xp, inp, p)  # (T, B, 3H): input parts, then gates r, z, n
-        S = xp.empty((T + 1, B, H), self.param_dtype)
-        HN = xp.empty((T, B, H), self.param_dtype)  # W_hn h_{t-1} + b_hn
+        S = _ws(xp, (T + 1, B, H), self.param_dtype)
+        HN = _ws(xp, (T, B, H), self.param_dtype)  # W_hn h_{t-1} + b_hn
         S[T if reverse else 0] = h0
-        whh_t = p["W_hh"].T
-        b_hn = p.get("b_hn")
+        whh_t, b, b_hn = p["W_hh"].T, p.get("b_h"), p.get("b_hn")
         hh = xp.empty((B, 3 * H), self.param_dtype)
         for t, ip, ic in self._steps(T, reverse):
             xp.matmul(S[ip], whh_t, out=hh)
-            cells.gru_forward_step(A[t], hh, b_hn, S[ip], HN[t], S[ic], xp)
+            K.gru_forward(A[t], hh, b, b_hn, S[ip], HN[t], S[ic])
             if keep is not None:
                 xp.copyto(S[ic], S[ip], where=keep[t])
         return {"S": S, "A": A, "HN": HN}
 
-    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, mf, reverse, dinp):
+    def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, m, reverse, dinp, first):
         S, A, HN = dc["S"], dc["A"], dc["HN"]
         T, B, H = HN.shape
-        DH = xp.empty((T, B, H), self.param_dtype)
-        dHH = xp.empty((T, B, 3 * H), self.param_dtype)  # [dar, daz, dhh_n]
-        dAn = xp.empty((T, B, H), self.param_dtype)  # candidate's input-side gradient
-        dnext = xp.zeros((B, H), self.param_dtype) if dh_n is None else xp.array(dh_n, dtype=self.param_dtype)
+        K = self._kernels(xp)
+        DH = _ws(xp, (T, B, H), self.param_dtype)
+        dHH = _ws(xp, (T, B, 3 * H), self.param_dtype)  # [dar, daz, dhh_n]
+        dAn = _ws(xp, (T, B, H), self.param_dtype)  # candidate's input-side gradient
+        dnext = self._dstate(xp, dh_n, B)  # dL/dh_t through W_hh (the GEMM's output)
+        direct = xp.zeros((B, H), self.param_dtype)  # dL/dh_t that bypasses W_hh (dh * z)
         w_hh = p["W_hh"]
         for t, ip, ic in reversed(self._steps(T, reverse)):
-            dh = self._init_dh(xp, None if dy is None else dy[t], None if mf is None else mf[t], dnext, DH[t])
-            dh_eff = dh if mf is None else dh * mf[t]
-            direct = cells.gru_backward_step(dh_eff, A[t], HN[t], S[ip], dHH[t], dAn[t], xp)
+            K.gru_backward(None if dy is None else dy[t], dnext, direct, None if m is None else m[t], A[t], HN[t],
+                           S[ip], DH[t], dHH[t], dAn[t])
             xp.matmul(dHH[t], w_hh, out=dnext)
-            dnext += direct
             if keep is not None:
-                xp.copyto(dnext, dh, where=keep[t])
+                xp.copyto(dnext, DH[t], where=keep[t])
+        dnext += direct
         hprev = (S[1:] if reverse else S[:-1]).reshape(T * B, H)  # (T*B, H)
-        x2 = inp.reshape(T * B, -1)  # (T*B, I)
         dHH2 = dHH.reshape(T * B, 3 * H)  # (T*B, 3H)
         dAn2 = dAn.reshape(T * B, H)  # (T*B, H)
-        drz = dHH2[:, : 2 * H]
-        g["W_hh"] += dHH2.T @ hprev
-        g["W_xh"][: 2 * H] += drz.T @ x2
-        g["W_xh"][2 * H :] += dAn2.T @ x2
-        if "b_h" in g:
-            g["b_h"][: 2 * H] += drz.sum(axis=0)
-            g["b_h"][2 * H :] += dAn2.sum(axis=0)
+        _gemm_add(xp, dHH2.T, hprev, g["W_hh"])
+        if "b_hn" in g:
             g["b_hn"] += dHH2[:, 2 * H :].sum(axis=0)
-        dx2 = dinp.reshape(T * B, -1)
-        dx2 += drz @ p["W_xh"][: 2 * H]
-        dx2 += dAn2 @ p["W_xh"][2 * H :]
+        self._input_grads(xp, [(0, 2 * H, dHH2[:, : 2 * H]), (2 * H, 3 * H, dAn2)], inp, p, g, dinp, first)
         return DH, dnext, None

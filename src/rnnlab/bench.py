@@ -1,0 +1,606 @@
+"""``rnnlab bench``: the char-LM training step, rnnlab against PyTorch on the CPU.
+
+One training step is the whole loop a trainer runs, in float32::
+
+    ids (T, B) -> embedding (or one-hot, E = 0) -> RNN | LSTM | GRU (L layers) -> linear (V)
+      -> softmax cross-entropy -> backward -> Adam update
+
+rnnlab runs it as the trainer does (``RecurrentLM.forward`` / ``softmax_cross_entropy`` /
+``zero_grad`` / ``RecurrentLM.backward`` / ``Adam.step``); the PyTorch twin is ``nn.Embedding``
+(or one-hot vectors) + ``nn.RNN/LSTM/GRU`` + ``nn.Linear`` + ``F.cross_entropy`` +
+``torch.optim.Adam``. Both run in the same process with the same thread count (OpenBLAS
+through threadpoolctl, ``torch.set_num_threads``), alternating in blocks: each block is one
+untimed step (caches and worker threads warm again after the other side ran) and then
+:data:`BLOCK` timed steps back to back; with more than one thread a 0.15 s pause precedes each
+block, so that the other side's spinning idle workers (OpenBLAS spins ~0.1 s before sleeping)
+do not steal its cores. The time is the median of ``--steps`` timed steps after ``--warmup``
+steps.
+
+Processes. Every measurement runs in a child process with a cleaned environment:
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset (the "unset" column) or
+``OPENBLAS_CORETYPE=Haswell`` forced (the "forced" column), and ``OPENBLAS_NUM_THREADS`` /
+``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to the thread count. Each timing child also
+measures the float32 GEMM peak (NumPy ``sgemm``, square ``n = 2048``, best of 5) and reports the
+BLAS that threadpoolctl sees. Peak memory is measured in one more child per side and row
+(1 thread, unset environment): the peak resident set (``VmHWM`` after resetting it through
+``/proc/self/clear_refs``; ``ru_maxrss`` where that is not available) minus the resident set
+before the model is built, with the libraries (torch, numba) already imported, so it counts
+parameters, optimizer state, activations and what the allocator keeps.
+
+FLOPs are counted from the shapes, as GEMM FLOPs of the dense model (elementwise work is not
+counted), the same number for both sides: per layer ``k`` with input size ``I_k`` and ``N = B T``
+rows, forward ``2 N G H (I_k + H)``, backward ``2 N G H (2 I_k + 2 H)`` (the first layer's input
+gradient is not counted for one-hot input, which needs none), read-out ``6 N H V``. rnnlab
+executes fewer: it fuses the embedding lookup into the first layer (``RNN.forward(...,
+embedding=)``), whose input-side GEMMs then run over the ``V`` vocabulary rows instead of the
+``N`` steps; the "executed" rate counts what it runs.
+
+Usage::
+
+    python -m rnnlab.bench [--quick] [--cells rnn,lstm,gru] [--layers 1,2] [--threads 1,2]
+                           [--configs A,B,C,D] [--steps 10] [--warmup 3] [--no-forced]
+                           [--no-memory] [--markdown docs/benchmarks.md] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+V = 65
+CONFIGS = {  # name: (B, T, H, E); E = 0 is one-hot input
+    "A": (32, 64, 128, 64),
+    "B": (64, 100, 256, 64),
+    "C": (64, 100, 512, 64),
+    "D": (1, 25, 100, 0),
+}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+FLOORS = {"rnn": 2.0, "gru": 1.5, "lstm": 1.2}
+PEAK_FLOOR_C = 0.75
+MEM_RESOLUTION_MIB = 1.0
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+NOTES_MARKER = "<!-- notes: kept when the benchmark rewrites this file -->"
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP counts
+# ---------------------------------------------------------------------------------------------
+def model_flops(cell: str, layers: int, B: int, T: int, H: int, E: int) -> float:
+    """GEMM FLOPs of one dense training step (see the module docstring)."""
+    N, GH = B * T, GATES[cell] * H
+    total = 6.0 * N * H * V  # read-out forward + dW + dh
+    for k in range(layers):
+        I = (E if E else V) if k == 0 else H
+        total += 2.0 * N * GH * (I + H)  # forward: input projection + recurrent
+        total += 2.0 * N * GH * (I + 2 * H)  # backward: dW_xh, dW_hh, dh
+        if not (k == 0 and E == 0):
+            total += 2.0 * N * GH * I  # dx (the embedding needs it; one-hot input does not)
+    return total
+
+
+def executed_flops(cell: str, layers: int, B: int, T: int, H: int, E: int) -> float:
+    """The GEMM FLOPs rnnlab runs: the first layer's input side over V table rows (one-hot: none)."""
+    N, GH = B * T, GATES[cell] * H
+    I = E if E else V
+    dense_in = 2.0 * N * GH * I * (3 if E else 2)
+    table = 2.0 * V * GH * E * 3 if E else 0.0  # E W^T, Q^T E, Q W
+    return model_flops(cell, layers, B, T, H, E) - dense_in + table
+
+
+# ---------------------------------------------------------------------------------------------
+# the two training steps
+# ---------------------------------------------------------------------------------------------
+def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, seed: int = 0):
+    import numpy as np
+
+    from .models.recurrent_lm import RecurrentLM
+    from .nn.losses import softmax_cross_entropy
+    from .optim import Adam
+
+    model = RecurrentLM(V, cell, H, layers, E, rng=np.random.default_rng(seed))
+    opt = Adam(model.params, model.grads, lr=1e-3)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.integers(0, V, (T, B))
+    y = rng.integers(0, V, (T, B))
+
+    def step():
+        logits, _, cache = model.forward(x)
+        loss, dlogits = softmax_cross_entropy(logits, y)
+        model.zero_grad()
+        model.backward(dlogits, cache)
+        opt.step()
+        return loss
+
+    return step
+
+
+def make_torch_step(cell: str, layers: int, B: int, T: int, H: int, E: int, seed: int = 0):
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    rnn_cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    emb = torch.nn.Embedding(V, E) if E else None
+    rnn = rnn_cls(E if E else V, H, layers)
+    out = torch.nn.Linear(H, V)
+    params = list(rnn.parameters()) + list(out.parameters()) + (list(emb.parameters()) if emb else [])
+    opt = torch.optim.Adam(params, lr=1e-3)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randint(0, V, (T, B), generator=g)
+    y = torch.randint(0, V, (T, B), generator=g)
+
+    def step():
+        inp = emb(x) if emb is not None else F.one_hot(x, V).to(torch.float32)
+        h, _ = rnn(inp)
+        loss = F.cross_entropy(out(h).reshape(-1, V), y.reshape(-1))
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+TRAINER = dict(cell="lstm", layers=2, H=256, E=64, B=32, T=100, clip=1.0)
+"""``rnnlab train``'s defaults (TrainConfig), with V = 65: the "trainer form" measurement."""
+
+
+def make_trainer_step(seed: int = 0):
+    """What ``rnnlab train`` runs per step with its defaults: forward, loss, zero_grad, backward,
+    global-norm clipping, Adam (the schedule's bookkeeping is negligible)."""
+    import numpy as np
+
+    from .models.recurrent_lm import RecurrentLM
+    from .nn.losses import softmax_cross_entropy
+    from .optim import Adam, clip_grad_norm
+
+    c = TRAINER
+    model = RecurrentLM(V, c["cell"], c["H"], c["layers"], c["E"], rng=np.random.default_rng(seed))
+    opt = Adam(model.params, model.grads, lr=3e-3)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.integers(0, V, (c["T"], c["B"]))
+    y = rng.integers(0, V, (c["T"], c["B"]))
+
+    def step():
+        logits, _, cache = model.forward(x)
+        loss, dlogits = softmax_cross_entropy(logits, y)
+        model.zero_grad()
+        model.backward(dlogits, cache)
+        clip_grad_norm(model.grads, c["clip"])
+        opt.step()
+        return loss
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# child: timing
+# ---------------------------------------------------------------------------------------------
+def _gemm_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """Best float32 GEMM rate (GFLOP/s) of NumPy's BLAS at ``threads`` threads."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    best = float("inf")
+    with threadpool_limits(threads):
+        np.matmul(a, b, out=c)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def _blas_info() -> list[dict]:
+    from threadpoolctl import threadpool_info
+
+    keep = ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
+    return [{k: d.get(k) for k in keep} | {"library": os.path.basename(d.get("filepath", ""))}
+            for d in threadpool_info()]
+
+
+BLOCK = 2
+"""Timed steps per block; the sides alternate block by block."""
+
+SETTLE_S = 0.15
+"""Pause before each block at more than one thread: the other side's idle worker threads spin
+before they sleep (OpenBLAS about 2^28 cycles, ~0.1 s; libgomp less) and would otherwise compete
+with this side's threads for the same cores."""
+
+
+def _block(step, k: int, threads: int) -> list[float]:
+    """One block: (a pause at > 1 thread,) one untimed step that re-warms caches and wakes the
+    worker threads, then ``k`` timed steps back to back, as a trainer runs them."""
+    if threads > 1:
+        time.sleep(SETTLE_S)
+    step()
+    times = []
+    for _ in range(k):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def child_time(spec: dict) -> dict:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from .nn import cells
+
+    threads = spec["threads"]
+    torch.set_num_threads(threads)
+    numba_on = cells.numba_enabled()
+    out = {"threads": threads, "env": {k: os.environ.get(k) for k in BLAS_VARS}, "numba": numba_on,
+           "blas": _blas_info(), "torch_threads": torch.get_num_threads(),
+           "torch_cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(),
+           "load_start": os.getloadavg(), "rows": []}
+    out["gemm_peak"] = _gemm_peak(threads)
+    with threadpool_limits(threads):
+        for row in spec["rows"]:
+            cell, layers, cfg = row["cell"], row["layers"], row["config"]
+            B, T, H, E = CONFIGS[cfg]
+            ours = make_rnnlab_step(cell, layers, B, T, H, E)
+            theirs = make_torch_step(cell, layers, B, T, H, E)
+            for _ in range(spec["warmup"]):
+                ours()
+                theirs()
+            t_ours, t_torch = [], []
+            while len(t_ours) < spec["steps"]:
+                k = min(BLOCK, spec["steps"] - len(t_ours))
+                t_ours += _block(ours, k, threads)
+                t_torch += _block(theirs, k, threads)
+            res = dict(row)
+            res["rnnlab_s"] = statistics.median(t_ours)
+            res["torch_s"] = statistics.median(t_torch)
+            res["rnnlab_all"] = t_ours
+            res["torch_all"] = t_torch
+            out["rows"].append(res)
+            print(f"  {cell:4s} L{layers} {cfg} {threads}t: rnnlab {res['rnnlab_s'] * 1e3:9.2f} ms  "
+                  f"torch {res['torch_s'] * 1e3:9.2f} ms  x{res['torch_s'] / res['rnnlab_s']:.2f}",
+                  file=sys.stderr, flush=True)
+        if spec.get("trainer"):
+            step = make_trainer_step()
+            for _ in range(spec["warmup"] + 1):
+                step()
+            times = _block(step, spec["steps"], threads)
+            out["trainer"] = {"s": statistics.median(times), "chars": TRAINER["B"] * TRAINER["T"]}
+            print(f"  trainer form {threads}t: {out['trainer']['s'] * 1e3:.2f} ms", file=sys.stderr, flush=True)
+    out["load_end"] = os.getloadavg()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# child: memory
+# ---------------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def child_memory(spec: dict) -> dict:
+    import resource
+
+    from threadpoolctl import threadpool_limits
+
+    side, cell, layers, cfg = spec["side"], spec["cell"], spec["layers"], spec["config"]
+    B, T, H, E = CONFIGS[cfg]
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+        make = make_torch_step
+    else:
+        from .nn import cells
+
+        cells.numba_enabled()  # import numba and the kernels before the baseline, like torch
+        make = make_rnnlab_step
+    import numpy  # noqa: F401
+
+    # One-time initialisation (numba's cache loading, oneDNN's kernels, thread pools) is not the
+    # model's memory: run a tiny model of the same kind first, then take the baseline.
+    tiny = make(cell, layers, 2, 3, 8, 4 if E else 0)
+    tiny()
+    tiny()
+    del tiny
+    gc.collect()
+    before = _status_kib("VmRSS")
+    method = "VmHWM"
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS watermark to the current RSS
+    except OSError:
+        method = "ru_maxrss"
+    with threadpool_limits(1):
+        step = make(cell, layers, B, T, H, E)
+        for _ in range(spec["steps"]):
+            step()
+    if method == "VmHWM":
+        peak = _status_kib("VmHWM")
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"side": side, "peak_delta_mib": (peak - before) / 1024.0, "method": method}
+
+
+# ---------------------------------------------------------------------------------------------
+# parent
+# ---------------------------------------------------------------------------------------------
+def _child_env(forced: bool, threads: int) -> dict:
+    env = dict(os.environ)
+    for k in BLAS_VARS:
+        env.pop(k, None)
+    if forced:
+        env["OPENBLAS_CORETYPE"] = "Haswell"
+    for k in THREAD_VARS:
+        env[k] = str(threads)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _run_child(kind: str, spec: dict, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "rnnlab.bench", f"--child-{kind}", json.dumps(spec)],
+                          env=env, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child ({kind}) failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine() -> dict:
+    model = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+            f.seek(0)
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        flags = []
+    simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    import numpy
+
+    info = {"cpu": model, "cores": os.cpu_count(), "simd": simd, "python": platform.python_version(),
+            "numpy": numpy.__version__, "platform": platform.platform()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+    except ImportError:
+        info["numba"] = None
+    return info
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x / 1e3:,.0f}k" if x >= 1e4 else f"{x:,.0f}"
+
+
+def build_report(res: dict) -> str:
+    m, args = res["machine"], res["args"]
+    lines = ["# Training-step benchmark: rnnlab vs PyTorch (CPU, float32)", ""]
+    lines += [f"Command: `{res['command']}`", ""]
+    lines += [f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd']) or 'no AVX2'}); Python {m['python']}, "
+              f"NumPy {m['numpy']}, PyTorch {m['torch']}, numba {m['numba']}. Date: {res['date']}.", ""]
+    lines += ["Step: ids (T, B) -> embedding (E; one-hot for D) -> recurrent (L layers) -> linear (V = 65) -> "
+              "softmax cross-entropy -> backward -> Adam. rnnlab: `RecurrentLM` + `softmax_cross_entropy` + "
+              "`Adam`, exactly what `rnnlab train` runs per step (without its gradient clipping). "
+              f"Median of {args['steps']} timed steps after {args['warmup']} warm-up steps; both sides in one process "
+              f"at the same thread count, alternating in blocks of one untimed + {BLOCK} timed steps (a 0.15 s pause "
+              "before each block at 2 threads, so the other side's spinning idle threads are asleep). "
+              "chars/s = B*T / step time.", ""]
+    for key, label in (("unset", "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset"),
+                       ("forced", "OPENBLAS_CORETYPE=Haswell forced")):
+        for th, run in sorted(res["runs"].get(key, {}).items()):
+            blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['library']}), kernel {b['architecture']}, "
+                             f"{b['num_threads']} thread(s)" for b in run["blas"] if b["user_api"] == "blas")
+            lines.append(f"- {label}, {th} thread(s): BLAS seen by threadpoolctl: {blas}; float32 GEMM peak "
+                         f"{run['gemm_peak']:.1f} GFLOP/s; numba kernels {'on' if run['numba'] else 'OFF'}; "
+                         f"load average {run['load_start'][0]:.1f} -> {run['load_end'][0]:.1f}.")
+    lines.append("")
+    lines += ["Columns: ratio = rnnlab chars/s / torch chars/s; GF/s = GEMM FLOPs of the dense model counted "
+              "from the shapes / step time (same count for both sides); exec = the FLOPs rnnlab actually "
+              "runs (the embedding is fused into the first layer) / step time; %peak = rnnlab GF/s (exec) / "
+              "GEMM peak; memory = peak RSS growth of a separate process (1 thread) from before the model is "
+              "built to the end of its steps; forced = the same ratio with OPENBLAS_CORETYPE=Haswell. "
+              "Floors: rnn >= 2x, gru >= 1.5x, lstm >= 1.2x; config C >= 75% of peak; memory <= torch "
+              "(within 1 MiB, the resolution of an RSS difference).", ""]
+    head = ("| cell | L | cfg | thr | rnnlab chars/s | torch chars/s | ratio | rnnlab GF/s (exec) | %peak "
+            "| torch GF/s | rnnlab MiB | torch MiB | forced ratio | floors |")
+    lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    mem = res.get("memory", {})
+    for r in res["table"]:
+        mk = f"{r['cell']}-{r['layers']}-{r['config']}"
+        mo, mt = mem.get(mk, {}).get("rnnlab"), mem.get(mk, {}).get("torch")
+        ok = []
+        ok.append("ratio " + ("ok" if r["ratio"] >= FLOORS[r["cell"]] else "MISS"))
+        if r["config"] == "C":
+            ok.append("peak " + ("ok" if r["peak_frac"] >= PEAK_FLOOR_C else "MISS"))
+        if mo is not None and mt is not None:  # RSS is counted in pages: below 1 MiB is noise
+            ok.append("mem " + ("ok" if mo <= mt + MEM_RESOLUTION_MIB else "MISS"))
+        forced = f"{r['forced_ratio']:.2f}x" if r.get("forced_ratio") else "-"
+        lines.append(
+            f"| {r['cell']} | {r['layers']} | {r['config']} | {r['threads']} | {_fmt_rate(r['rnnlab_cps'])} | "
+            f"{_fmt_rate(r['torch_cps'])} | **{r['ratio']:.2f}x** | {r['rnnlab_gflops']:.1f} ({r['rnnlab_exec_gflops']:.1f}) | "
+            f"{100 * r['peak_frac']:.0f}% | {r['torch_gflops']:.1f} | "
+            f"{'-' if mo is None else f'{mo:.1f}'} | {'-' if mt is None else f'{mt:.1f}'} | {forced} | "
+            f"{', '.join(ok)} |")
+    lines.append("")
+    misses = [r for r in res["table"] if r["ratio"] < FLOORS[r["cell"]]]
+    if misses:
+        lines += ["Rows below their ratio floor, and what meeting it would take: the step time the floor allows, "
+                  "and the GEMM rate (FLOPs rnnlab executes / that time) as a share of the measured peak:", ""]
+        for r in misses:
+            B, T, H, E = CONFIGS[r["config"]]
+            need_s = r["torch_s"] / FLOORS[r["cell"]]
+            ex = executed_flops(r["cell"], r["layers"], B, T, H, E)
+            lines.append(f"- {r['cell']} L{r['layers']} {r['config']} {r['threads']}t: {FLOORS[r['cell']]:.1f}x needs "
+                         f"<= {need_s * 1e3:.1f} ms (now {r['rnnlab_s'] * 1e3:.1f} ms), i.e. {ex / need_s / 1e9:.0f} GFLOP/s "
+                         f"= {100 * ex / need_s / 1e9 / r['gemm_peak']:.0f}% of peak.")
+        lines.append("")
+    tr = {th: run["trainer"] for th, run in sorted(res["runs"].get("unset", {}).items()) if "trainer" in run}
+    if tr:
+        c = TRAINER
+        lines += [f"Trainer form (what `rnnlab train` runs per step with its defaults: {c['cell']}, {c['layers']} layers, "
+                  f"hidden {c['H']}, embed {c['E']}, batch {c['B']}, seq_len {c['T']}, V = {V}, gradient clipping "
+                  f"{c['clip']}, Adam): " + ", ".join(f"{t['chars'] / t['s']:,.0f} chars/s at {th} thread(s)"
+                                                      for th, t in tr.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def _table(res: dict) -> list[dict]:
+    rows = []
+    unset = res["runs"].get("unset", {})
+    forced = res["runs"].get("forced", {})
+    for th, run in sorted(unset.items()):
+        fidx = {(r["cell"], r["layers"], r["config"]): r for r in forced.get(th, {}).get("rows", [])}
+        for r in run["rows"]:
+            B, T, H, E = CONFIGS[r["config"]]
+            fl = model_flops(r["cell"], r["layers"], B, T, H, E)
+            ex = executed_flops(r["cell"], r["layers"], B, T, H, E)
+            row = {"cell": r["cell"], "layers": r["layers"], "config": r["config"], "threads": int(th),
+                   "rnnlab_s": r["rnnlab_s"], "torch_s": r["torch_s"],
+                   "rnnlab_cps": B * T / r["rnnlab_s"], "torch_cps": B * T / r["torch_s"],
+                   "ratio": r["torch_s"] / r["rnnlab_s"], "model_gflop": fl / 1e9,
+                   "rnnlab_gflops": fl / r["rnnlab_s"] / 1e9, "rnnlab_exec_gflops": ex / r["rnnlab_s"] / 1e9,
+                   "torch_gflops": fl / r["torch_s"] / 1e9, "gemm_peak": run["gemm_peak"]}
+            row["peak_frac"] = row["rnnlab_exec_gflops"] / run["gemm_peak"]
+            f = fidx.get((r["cell"], r["layers"], r["config"]))
+            if f is not None:
+                row["forced_ratio"] = f["torch_s"] / f["rnnlab_s"]
+                row["forced_rnnlab_cps"] = B * T / f["rnnlab_s"]
+                row["forced_torch_cps"] = B * T / f["torch_s"]
+            rows.append(row)
+    order = {"rnn": 0, "gru": 1, "lstm": 2}
+    rows.sort(key=lambda r: (order[r["cell"]], r["layers"], r["config"], r["threads"]))
+    return rows
+
+
+def main(argv=None, prog: str = "rnnlab bench") -> int:
+    """Run the benchmark; ``argv`` are the options (``sys.argv[1:]`` when None). Returns the exit
+    status."""
+    if argv is None:
+        argv = sys.argv[1:]
+    argv = list(argv)
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke test: configs A and D, 1 layer, 1 thread, 3 steps")
+    p.add_argument("--cells", default="rnn,lstm,gru")
+    p.add_argument("--layers", default="1,2")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--configs", default="A,B,C,D")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per side (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-forced", action="store_true", help="skip the OPENBLAS_CORETYPE=Haswell column")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--markdown", help="write the report to this file (e.g. docs/benchmarks.md)")
+    p.add_argument("--json", help="write the raw results to this file")
+    p.add_argument("--from-json", help="rebuild the report from a --json file of an earlier run (no measuring)")
+    p.add_argument("--child-time", help=argparse.SUPPRESS)
+    p.add_argument("--child-memory", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child_time:
+        print(json.dumps(child_time(json.loads(args.child_time))))
+        return 0
+    if args.child_memory:
+        print(json.dumps(child_memory(json.loads(args.child_memory))))
+        return 0
+
+    if args.from_json:
+        with open(args.from_json) as f:
+            res = json.load(f)
+        res["table"] = _table(res)
+        _write_outputs(res, args)
+        return 0
+    if args.quick:
+        args.configs, args.layers, args.threads = "A,D", "1", "1"
+        args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
+    cells = [c for c in args.cells.split(",") if c]
+    layers = [int(x) for x in args.layers.split(",") if x]
+    threads = [int(x) for x in args.threads.split(",") if x]
+    configs = [c for c in args.configs.split(",") if c]
+    for c in cells:
+        if c not in GATES:
+            p.error(f"unknown cell {c!r}")
+    for c in configs:
+        if c not in CONFIGS:
+            p.error(f"unknown config {c!r}")
+    try:
+        import threadpoolctl  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        print(f"rnnlab bench needs torch and threadpoolctl: pip install 'rnnlab[bench]' ({exc})", file=sys.stderr)
+        return 2
+
+    rows = [{"cell": c, "layers": L, "config": k} for c in cells for L in layers for k in configs]
+    res = {"command": " ".join([prog] + argv),
+           "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(),
+           "args": {"steps": args.steps, "warmup": args.warmup}, "runs": {}, "memory": {},
+           "parent_env": {k: os.environ.get(k) for k in BLAS_VARS}}
+    print(f"rnnlab bench: parent environment {res['parent_env']}; children run with them unset"
+          f"{'' if args.no_forced else ' and with OPENBLAS_CORETYPE=Haswell forced'}", file=sys.stderr)
+    for key in ("unset",) + (() if args.no_forced else ("forced",)):
+        for th in threads:
+            print(f"[{key}, {th} thread(s)]", file=sys.stderr, flush=True)
+            spec = {"threads": th, "rows": rows, "steps": args.steps, "warmup": args.warmup,
+                    "trainer": key == "unset" and not args.quick}
+            res["runs"].setdefault(key, {})[str(th)] = _run_child("time", spec, _child_env(key == "forced", th))
+    if not args.no_memory:
+        print("[peak memory, 1 thread, separate processes]", file=sys.stderr, flush=True)
+        for r in rows:
+            mk = f"{r['cell']}-{r['layers']}-{r['config']}"
+            for side in ("rnnlab", "torch"):
+                spec = dict(r, side=side, steps=max(2, min(args.warmup + 1, 3)))
+                out = _run_child("memory", spec, _child_env(False, 1))
+                res["memory"].setdefault(mk, {})[side] = out["peak_delta_mib"]
+                res["memory"][mk]["method"] = out["method"]
+            print(f"  {mk}: rnnlab {res['memory'][mk]['rnnlab']:.0f} MiB, torch {res['memory'][mk]['torch']:.0f} MiB",
+                  file=sys.stderr, flush=True)
+    res["table"] = _table(res)
+    _write_outputs(res, args)
+    return 0
+
+
+def _write_outputs(res: dict, args) -> None:
+    report = build_report(res)
+    print(report)
+    if args.markdown:
+        notes = ""
+        if os.path.exists(args.markdown):  # keep the hand-written notes below the marker
+            with open(args.markdown) as f:
+                old = f.read()
+            if NOTES_MARKER in old:
+                notes = old[old.index(NOTES_MARKER):]
+        with open(args.markdown, "w") as f:
+            f.write(report + ("\n" + notes if notes else ""))
+    if args.json and not args.from_json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""Numba-compiled fused kernels: the same step kernels as :class:`rnnlab.nn.cells.UfuncKernels`,
+each one pass over its rows instead of a dozen NumPy ufunc calls with temporaries.
+
+Never imported at ``import rnnlab``: :func:`rnnlab.nn.cells.kernels_for` imports this module the
+first time a NumPy float32/float64 array needs a kernel (and numba is installed, and
+``RNNLAB_NO_NUMBA`` is unset). Every kernel is compiled with ``cache=True``, so the compile
+cost (a few seconds, once per machine and dtype) is paid by the first run only; later processes
+load the machine code from numba's cache.
+
+Conventions shared with ``cells.py`` (the math is written out there):
+
+- the same signatures and in-place semantics as the ufunc kernels, argument for argument;
+- every array argument is 2-D ``(B, ...)`` except biases ``(G*H,)``/``(H,)`` and the row mask
+  ``m (B,)``; optional arguments (``b``, ``m``, ``dy``, ``b_hn``) may be ``None``, and numba
+  compiles the ``None`` case without the branch;
+- float32 and float64: constants are float32 values that are exact in either type, so float32
+  arrays stay float32 end to end and float64 arrays promote them exactly;
+- ``tanh`` is a vectorisable rational approximation for float32 (|error| < 3e-7, the one Eigen
+  and XLA use) and ``math.tanh`` for float64 (which the float64 gradient checks need exact);
+- rows are processed one at a time with one 1-D view per gate, which is what lets LLVM vectorise
+  the inner loop (it cannot prove that ``a[j]`` and ``a[H + j]`` do not overlap);
+- fast-math flags without ``nnan``/``ninf``: a NaN in the input stays a NaN in the output, so a
+  diverging run is still caught by the trainer's finite-loss check.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload, register_jitable
+
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_OPTS = dict(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+
+ZERO = np.float32(0.0)
+HALF = np.float32(0.5)
+ONE = np.float32(1.0)
+
+
+# ------------------------------------------------------------------------------ scalar helpers
+@register_jitable(fastmath=_FASTMATH, error_model="numpy")
+def _tanh_f32(x):
+    """Rational minimax approximation of tanh on [-7.905, 7.905] (Eigen's ``ptanh_float``)."""
+    c = np.float32(7.90531110763549805)
+    x = c if x > c else x
+    x = -c if x < -c else x
+    x2 = x * x
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    p = p * x
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    return p / q
+
+
+def tanh(x):
+    """``tanh`` of one float, chosen by type at compile time (see the module docstring)."""
+    return math.tanh(x)
+
+
+@overload(tanh)
+def _tanh_overload(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: math.tanh(x)
+
+
+@register_jitable
+def sigmoid(x):
+    return HALF * tanh(HALF * x) + HALF
+
+
+# ------------------------------------------------------------------------------ vanilla RNN
+@njit(**_OPTS)
+def rnn_forward(a, hh, b, relu, h_out):
+    """``h_out = act(a + hh + b)``; ``a`` may be ``h_out`` itself; ``hh`` is used as scratch.
+
+    Two passes per row, so that no loop reads and writes two different arrays that may be the
+    same memory (LLVM's runtime overlap check would fail and fall back to scalar code)."""
+    B, H = h_out.shape
+    for r in range(B):
+        ar, hr, o = a[r], hh[r], h_out[r]
+        for j in range(H):
+            v = ar[j] + hr[j]
+            if b is not None:
+                v = v + b[j]
+            hr[j] = v
+        if relu:
+            for j in range(H):
+                v = hr[j]
+                o[j] = ZERO if v < ZERO else v
+        else:
+            for j in range(H):
+                o[j] = tanh(hr[j])
+
+
+@njit(**_OPTS)
+def rnn_backward(dy, dnext, m, h, relu, dh_out, da_out):
+    """``dh_out = dy m + dnext``; ``da_out = dh_out act'(h) m``."""
+    B, H = h.shape
+    for r in range(B):
+        mr = ONE if m is None else m[r]
+        dn, hr, dho, dao = dnext[r], h[r], dh_out[r], da_out[r]
+        for j in range(H):
+            dh = dn[j]
+            if dy is not None:
+                dh = dy[r, j] * mr + dh
+            dho[j] = dh
+            if relu:
+                dao[j] = dh * mr if hr[j] > ZERO else ZERO
+            else:
+                dao[j] = dh * (ONE - hr[j] * hr[j]) * mr
+
+
+# ------------------------------------------------------------------------------ LSTM
+@njit(**_OPTS)
+def lstm_forward(a, hh, b, c_prev, c_out, tc_out, h_out):
+    """Gates ``i, f, g, o`` of ``a + hh + b`` written over ``a``; ``c_t``, ``tanh(c_t)``, ``h_t``."""
+    B, H = c_prev.shape
+    for r in range(B):
+        ai, af, ag, ao = a[r, :H], a[r, H : 2 * H], a[r, 2 * H : 3 * H], a[r, 3 * H :]
+        hi, hf, hg, ho = hh[r, :H], hh[r, H : 2 * H], hh[r, 2 * H : 3 * H], hh[r, 3 * H :]
+        cp, co, tco, hout = c_prev[r], c_out[r], tc_out[r], h_out[r]
+        for j in range(H):
+            vi = ai[j] + hi[j]
+            vf = af[j] + hf[j]
+            vg = ag[j] + hg[j]
+            vo = ao[j] + ho[j]
+            if b is not None:
+                vi = vi + b[j]
+                vf = vf + b[H + j]
+                vg = vg + b[2 * H + j]
+                vo = vo + b[3 * H + j]
+            i = sigmoid(vi)
+            f = sigmoid(vf)
+            g = tanh(vg)
+            o = sigmoid(vo)
+            ai[j] = i
+            af[j] = f
+            ag[j] = g
+            ao[j] = o
+            c = f * cp[j] + i * g
+            co[j] = c
+            tc = tanh(c)
+            tco[j] = tc
+            hout[j] = o * tc
+
+
+@njit(**_OPTS)
+def lstm_backward(dy, dnext, m, dc, gates, c_prev, tc, dh_out, da_out):
+    """``dh_out = dy m + dnext``; pre-activation gradient into ``da_out``; ``dc`` (the gradient
+    reaching ``c_t`` from step t+1) becomes ``dL/dc_{t-1}`` in place (unchanged where ``m`` is 0)."""
+    B, H = dc.shape
+    for r in range(B):
+        mr = ONE if m is None else m[r]
+        gi, gf, gg, go = gates[r, :H], gates[r, H : 2 * H], gates[r, 2 * H : 3 * H], gates[r, 3 * H :]
+        di, df, dg, do = da_out[r, :H], da_out[r, H : 2 * H], da_out[r, 2 * H : 3 * H], da_out[r, 3 * H :]
+        dn, dcr, cp, tcr, dho = dnext[r], dc[r], c_prev[r], tc[r], dh_out[r]
+        if mr == ZERO:  # padding: dh passes through, nothing flows into the gates or the cell
+            for j in range(H):
+                dho[j] = dn[j] if dy is None else dy[r, j] * mr + dn[j]
+                di[j] = ZERO
+                df[j] = ZERO
+                dg[j] = ZERO
+                do[j] = ZERO
+            continue
+        for j in range(H):
+            dh = dn[j]
+            if dy is not None:
+                dh = dy[r, j] * mr + dh
+            dho[j] = dh
+            dh = dh * mr
+            i, f, g, o, t = gi[j], gf[j], gg[j], go[j], tcr[j]
+            do[j] = dh * t * (o * (ONE - o))
+            c = dcr[j] + dh * o * (ONE - t * t)
+            di[j] = c * g * (i * (ONE - i))
+            df[j] = c * cp[j] * (f * (ONE - f))
+            dg[j] = c * i * (ONE - g * g)
+            dcr[j] = c * f
+
+
+# ------------------------------------------------------------------------------ GRU
+@njit(**_OPTS)
+def gru_forward(ax, hh, b, b_hn, h_prev, hn_out, h_out):
+    """Gates ``r, z, n`` written over ``ax``; ``hh_n + b_hn`` into ``hn_out``; ``h_t`` into ``h_out``."""
+    B, H = h_prev.shape
+    for r in range(B):
+        xr, xz, xn = ax[r, :H], ax[r, H : 2 * H], ax[r, 2 * H :]
+        hr, hz, hn = hh[r, :H], hh[r, H : 2 * H], hh[r, 2 * H :]
+        hp, hno, ho = h_prev[r], hn_out[r], h_out[r]
+        for j in range(H):
+            vr = xr[j]
+            vz = xz[j]
+            vn = xn[j]
+            if b is not None:
+                vr = vr + b[j]
+                vz = vz + b[H + j]
+                vn = vn + b[2 * H + j]
+            rg = sigmoid(vr + hr[j])
+            z = sigmoid(vz + hz[j])
+            q = hn[j]
+            if b_hn is not None:
+                q = q + b_hn[j]
+            n = tanh(vn + rg * q)
+            xr[j] = rg
+            xz[j] = z
+            xn[j] = n
+            hno[j] = q
+            ho[j] = n + z * (hp[j] - n)
+
+
+@njit(**_OPTS)
+def gru_backward(dy, dnext, direct, m, gates, hn, h_prev, dh_out, dhh_out, dan_out):
+    """``dh_out = dy m + dnext + direct``; ``dhh_out = [dar, daz, dhh_n]``, ``dan_out``; ``direct``
+    becomes ``dh m z``, the part of ``dh_{t-1}`` that bypasses ``W_hh``."""
+    B, H = h_prev.shape
+    for r in range(B):
+        mr = ONE if m is None else m[r]
+        gr, gz, gn = gates[r, :H], gates[r, H : 2 * H], gates[r, 2 * H :]
+        dar, daz, dhn = dhh_out[r, :H], dhh_out[r, H : 2 * H], dhh_out[r, 2 * H :]
+        dn, dr, hnr, hp, dho, dan = dnext[r], direct[r], hn[r], h_prev[r], dh_out[r], dan_out[r]
+        for j in range(H):
+            dh = dn[j] + dr[j]
+            if dy is not None:
+                dh = dy[r, j] * mr + dh
+            dho[j] = dh
+            dh = dh * mr
+            rg, z, n = gr[j], gz[j], gn[j]
+            a_n = dh * (ONE - z) * (ONE - n * n)
+            dan[j] = a_n
+            daz[j] = dh * (hp[j] - n) * (z * (ONE - z))
+            dar[j] = a_n * hnr[j] * (rg * (ONE - rg))
+            dhn[j] = a_n * rg
+            dr[j] = dh * z
+
+
+# ------------------------------------------------------------------------------ softmax cross-entropy
+@register_jitable(fastmath=_FASTMATH, error_model="numpy")
+def _exp_f32_nonpos(x):
+    """``exp(x)`` for float32 ``x <= 0``, vectorisable (relative error < 2e-7): Cephes' ``expf``
+    polynomial on ``r = x - n ln2``, times ``2^n`` built from the bits of ``-n`` (no bit casts).
+    Below -87 the result is ``exp(-87)`` (1.6e-38) instead of a subnormal or zero."""
+    lim = np.float32(-87.0)
+    x = lim if x < lim else x
+    nf = np.floor(x * np.float32(1.44269504088896341) + HALF)
+    r = x - nf * np.float32(0.693359375)
+    r = r - nf * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + ONE
+    k = np.int32(-nf)  # 0 .. 126
+    sc = HALF if (k & 1) else ONE
+    if k & 2:
+        sc = sc * np.float32(0.25)
+    if k & 4:
+        sc = sc * np.float32(2.0**-4)
+    if k & 8:
+        sc = sc * np.float32(2.0**-8)
+    if k & 16:
+        sc = sc * np.float32(2.0**-16)
+    if k & 32:
+        sc = sc * np.float32(2.0**-32)
+    if k & 64:
+        sc = sc * np.float32(2.0**-64)
+    return p * sc
+
+
+def exp_nonpos(x):
+    """``exp(x)`` for ``x <= 0``, chosen by type at compile time."""
+    return math.exp(x)
+
+
+@overload(exp_nonpos)
+def _exp_nonpos_overload(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _exp_f32_nonpos(x)
+    return lambda x: math.exp(x)
+
+
+@njit(**_OPTS)
+def softmax_xent(z, t, scale, grad):
+    """Fused softmax cross-entropy over the rows of ``z (N, V)``, targets ``t (N,)`` (valid ids),
+    row weights ``scale (N,)``: writes ``grad = scale (softmax(z) - onehot(t))`` and returns
+    ``sum_n scale_n (logsumexp(z_n) - z_{n,t_n})`` accumulated in float64. One read of ``z``."""
+    N, V = z.shape
+    total = 0.0
+    for n in range(N):
+        zr, gr = z[n], grad[n]
+        mx = zr[0]
+        for v in range(1, V):
+            mx = zr[v] if zr[v] > mx else mx
+        s = zr[0] - zr[0]  # zero of z's type
+        for v in range(V):
+            e = exp_nonpos(zr[v] - mx)
+            gr[v] = e
+            s += e
+        tn = t[n]
+        w = scale[n]
+        total += (math.log(s) - (zr[tn] - mx)) * w
+        c = w / s
+        for v in range(V):
+            gr[v] = gr[v] * c
+        gr[tn] -= w
+    return total
+
+
+# ------------------------------------------------------------------------------ embedding scatter
+@njit(**_OPTS)
+def scatter_add_rows(target, idx, rows):
+    """``target[idx[n]] += rows[n]`` in the order of ``n`` (the same sums as ``np.add.at``)."""
+    N, E = rows.shape
+    V = target.shape[0]
+    for n in range(N):
+        k = idx[n]
+        if k < 0 or k >= V:
+            raise IndexError("scatter_add_rows: index out of range")
+        tr, rr = target[k], rows[n]
+        for e in range(E):
+            tr[e] += rr[e]
+    return target
+
+
+# ------------------------------------------------------------------------------ Adam
+@njit(cache=True, nogil=True, error_model="numpy")  # no fast-math: the same roundings as NumPy
+def adam_step(p, g, m, v, vmax, decay, wd, w1, small_w1, omw1, b2, omb2, sbc2, eps, step):
+    """One Adam/AdamW update of the flat arrays ``p, g, m, v`` (``vmax`` for AMSGrad, else None):
+    the operations of :meth:`rnnlab.optim.Adam._update` in the same order, with the scalars in
+    the parameters' dtype as NumPy's weak Python scalars are, so both paths round alike.
+
+    ``p *= decay`` (decoupled decay; pass 1 otherwise); ``g + wd p`` (coupled decay; 0
+    otherwise); ``m = lerp(m, g, w1)`` (``small_w1``: ``m + w1 (g - m)``, else
+    ``g - (g - m) omw1``); ``v = b2 v + omb2 g g``; ``p -= step m / (sqrt(max(vmax, v)) / sbc2 + eps)``.
+    """
+    for i in range(p.shape[0]):
+        pi = p[i]
+        if decay != ONE:
+            pi = pi * decay
+        gi = g[i]
+        if wd != ZERO:
+            gi = gi + wd * pi
+        mi = m[i]
+        if small_w1:
+            mi = mi + w1 * (gi - mi)
+        else:
+            mi = gi - (gi - mi) * omw1
+        m[i] = mi
+        vi = v[i] * b2
+        vi = vi + omb2 * gi * gi
+        v[i] = vi
+        if vmax is not None:
+            vi = vmax[i] if vmax[i] > vi else vi
+            vmax[i] = vi
+        d = np.sqrt(vi) / sbc2 + eps
+        p[i] = pi - step * (mi / d)
+
+
+# ------------------------------------------------------------------------------ namespace
+class NumbaKernels:
+    """The kernel set handed out by :func:`rnnlab.nn.cells.kernels_for` for NumPy arrays."""
+
+    name = "numba"
+    rnn_forward = staticmethod(rnn_forward)
+    rnn_backward = staticmethod(rnn_backward)
+    lstm_forward = staticmethod(lstm_forward)
+    lstm_backward = staticmethod(lstm_backward)
+    gru_forward = staticmethod(gru_forward)
+    gru_backward = staticmethod(gru_backward)
+    softmax_xent = staticmethod(softmax_xent)
+    scatter_add_rows = staticmethod(scatter_add_rows)
+    adam_step = staticmethod(adam_step)
+
+
+KERNELS = NumbaKernels()
