@@ -186,7 +186,6 @@ def _report_training(args, trainer, result):
 
 # ---------------------------------------------------------------------------------------- load a run
 def _load_run(path, which):
-    from . import backend
     from .lm.rundir import RunDir
     from .lm.trainer import load_model_weights, read_run
     from .models import build_model
@@ -194,9 +193,7 @@ def _load_run(path, which):
     run = RunDir(path)
     run.check_complete()
     cfg, data, vocab = read_run(run)
-    if cfg.device == "cuda" and backend.device != "cuda":
-        pass  # checkpoints hold host arrays: a GPU-trained model runs on the CPU
-    import numpy as np
+    import numpy as np  # checkpoints hold host arrays: a GPU-trained model loads on the CPU too
 
     model = build_model(cfg.model_config(vocab.size), rng=np.random.default_rng(0))
     meta = load_model_weights(model, run.find_checkpoint(which))

@@ -359,6 +359,44 @@ def _describe_json_error(exc: ValueError) -> str:
     return _strerror(exc)
 
 
+def open_regular(path: PathLike, what: str, max_bytes: int, too_large: str,
+                 missing: str | None = None) -> tuple[int, int]:
+    """Open a regular file of at most ``max_bytes`` bytes for reading: ``(fd, size)``.
+
+    Opened non-blocking, so that a FIFO or device cannot hang the caller, and checked with
+    ``fstat`` before anything is read. ``too_large`` (and ``missing``, if given) say what the
+    user should do; they end the messages about a too-large (missing) file.
+
+    Raises
+    ------
+    RnnlabError
+        If the file is missing, not a regular file, unreadable or too large.
+    """
+    where = os.fspath(path)
+    try:
+        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise RnnlabError(one_line(f"{what} {where} not found" + (f"; {missing}" if missing else ""))) from None
+    except IsADirectoryError:
+        raise RnnlabError(one_line(f"{what} {where} is a directory, not a file")) from None
+    except OSError as exc:
+        raise RnnlabError(one_line(f"cannot read {what} {where}: {_strerror(exc)}")) from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise RnnlabError(one_line(f"{what} {where} is a directory, not a file"))
+        if not stat.S_ISREG(info.st_mode):
+            raise RnnlabError(one_line(f"{what} {where} is not a regular file"))
+        if info.st_size > max_bytes:
+            raise RnnlabError(one_line(
+                f"{what} {where} is {human_bytes(info.st_size)}, more than the "
+                f"{human_bytes(max_bytes)} limit; {too_large}"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
+
+
 def read_limited(path: PathLike, what: str, max_bytes: int, fix: str) -> bytes:
     """Read a whole regular file of at most ``max_bytes`` bytes, with one-line errors.
 
@@ -382,24 +420,8 @@ def read_limited(path: PathLike, what: str, max_bytes: int, fix: str) -> bytes:
         If the file is missing, not a regular file, unreadable or too large.
     """
     where = os.fspath(path)
+    fd, _ = open_regular(path, what, max_bytes, fix)
     try:
-        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise RnnlabError(one_line(f"{what} {where} not found")) from None
-    except IsADirectoryError:
-        raise RnnlabError(one_line(f"{what} {where} is a directory, not a file")) from None
-    except OSError as exc:
-        raise RnnlabError(one_line(f"cannot read {what} {where}: {_strerror(exc)}")) from exc
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise RnnlabError(one_line(f"{what} {where} is a directory, not a file"))
-        if not stat.S_ISREG(info.st_mode):
-            raise RnnlabError(one_line(f"{what} {where} is not a regular file"))
-        if info.st_size > max_bytes:
-            raise RnnlabError(one_line(
-                f"{what} {where} is {human_bytes(info.st_size)}, more than the "
-                f"{human_bytes(max_bytes)} limit; {fix}"))
         chunks = []
         remaining = max_bytes + 1  # read one byte past the limit to notice growth
         while remaining > 0:

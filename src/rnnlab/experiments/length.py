@@ -154,7 +154,7 @@ def run(out_dir, quick: bool = False, seeds: int = 3, tasks=TASKS, models=MODELS
     pad_cols = {
         "test lengths": "lengths",
         f"mlp (W={L}): input slots that are padding": "mlp_padding",
-        f"mlp: sequence dropped by truncation": "mlp_dropped",
+        "mlp: sequence dropped by truncation": "mlp_dropped",
         f"mlp-wide (W={cfg.factor * L}): padding": "mlp-wide_padding",
         f"best majority acc from last {L} bits": "majority_bayes_W=L",
     }

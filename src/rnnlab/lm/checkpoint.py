@@ -26,13 +26,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import stat
 from typing import Any, Mapping
 
 import numpy as np
 
 from rnnlab.errors import RnnlabError
-from rnnlab.io import (PathLike, atomic_write_bytes, dumps_json, human_bytes, loads_strict,
+from rnnlab.io import (PathLike, atomic_write_bytes, dumps_json, human_bytes, loads_strict, open_regular,
                        one_line)
 
 #: Checkpoints larger than this are refused by default (char-level models are far smaller).
@@ -266,26 +265,9 @@ def _open_checkpoint(path: PathLike, max_bytes: int):
         return RnnlabError(one_line(
             f"checkpoint {where} is corrupt or incomplete: {reason}; {_FIX}"))
 
+    fd, size = open_regular(where, "checkpoint", max_bytes, "if you trust this file, raise the limit",
+                            missing=_FIX)
     try:
-        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise RnnlabError(one_line(f"checkpoint {where} not found; {_FIX}")) from None
-    except IsADirectoryError:
-        raise RnnlabError(one_line(f"checkpoint {where} is a directory, not a file")) from None
-    except OSError as exc:
-        raise RnnlabError(one_line(
-            f"cannot read checkpoint {where}: {exc.strerror or exc}")) from exc
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise RnnlabError(one_line(f"checkpoint {where} is a directory, not a file"))
-        if not stat.S_ISREG(info.st_mode):
-            raise RnnlabError(one_line(f"checkpoint {where} is not a regular file"))
-        size = info.st_size
-        if size > max_bytes:
-            raise RnnlabError(one_line(
-                f"checkpoint {where} is {human_bytes(size)}, more than the limit of "
-                f"{human_bytes(max_bytes)}; if you trust this file, raise the limit"))
         if size == 0:
             raise bad("the file is empty")
         if size < 8:

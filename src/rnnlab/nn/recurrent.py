@@ -210,7 +210,7 @@ class _Recurrent(Module):
                 raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
         h0, c0 = self._split_state(xp, state, B)
         keep, mf = self._masks(xp, lengths, T, B)
-        H, D = self.hidden_size, self.num_directions
+        D = self.num_directions
         hn = xp.empty_like(h0)
         cn = xp.empty_like(c0) if c0 is not None else None
         use_dropout = self.training and self.dropout > 0 and self.num_layers > 1
