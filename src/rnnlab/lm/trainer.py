@@ -243,12 +243,16 @@ class Trainer:
         chars_per_step = cfg.batch * (cfg.seq_len if self.corpus.mode == "stream" else
                                       max(1, int(np.mean(self.corpus.split.train.lengths)) + 1))
         stop = _StopFlag()
-        bar = _progress_bar(self.progress, total=cfg.max_steps, initial=self.step)
+        # a time-limited run shows its progress in seconds, a step-limited one in steps
+        by_time = bool(cfg.max_time)
+        bar = _progress_bar(self.progress, by_time, total=cfg.max_time if by_time else cfg.max_steps,
+                            initial=self.elapsed if by_time else self.step)
         losses: list[float] = []
         last_train = math.nan
         run_start = time.perf_counter() - self.elapsed
         window_time, window_steps = 0.0, 0
         cps = 0.0
+        warm = False
         interrupted = False
         try:
             with stop:
@@ -262,14 +266,16 @@ class Trainer:
                     loss = self.train_step()
                     losses.append(loss)
                     now = time.perf_counter()
-                    window_steps += 1
-                    window_time += now - t0  # training time only, evaluation excluded
+                    if warm:  # the first step (JIT compilation, first-touch memory) is not timed
+                        window_steps += 1
+                        window_time += now - t0  # training time only, evaluation excluded
+                    warm = True
                     self.elapsed = now - run_start
                     if window_time > 1.0:
                         cps = window_steps * chars_per_step / window_time
                         window_time, window_steps = 0.0, 0
                     if bar is not None:
-                        bar.update(1)
+                        bar.update(min(self.elapsed, cfg.max_time) - bar.n if by_time else 1)
                         bar.set_postfix_str(self._postfix(loss, cps), refresh=False)
                     if self.step % cfg.eval_every == 0:
                         last_train = float(np.mean(losses))
@@ -296,7 +302,7 @@ class Trainer:
 
     def _postfix(self, loss, cps) -> str:
         val = f"{self.best_val:.3f}" if math.isfinite(self.best_val) else "-"
-        return f"loss {loss:.3f} | best val {val} | {cps:,.0f} chars/s"
+        return f"step {self.step} | loss {loss:.3f} | best val {val} | {cps:,.0f} chars/s"
 
     def _evaluate_and_save(self, train_loss, cps, run_eval=True) -> None:
         self._saved_step = self.step
@@ -359,13 +365,14 @@ class _StopFlag:
         return False
 
 
-def _progress_bar(enabled: bool, total: int, initial: int):
+def _progress_bar(enabled: bool, by_time: bool, total: float, initial: float):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+    counter = "{n:.0f}/{total:.0f} s" if by_time else "{n_fmt}/{total_fmt} steps"
+    return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True,
+                bar_format="{l_bar}{bar}| " + counter + " [{elapsed}<{remaining}{postfix}]")
 
 
 def write_run_files(run: RunDir, cfg: TrainConfig, corpus: Corpus) -> None:
