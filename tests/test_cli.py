@@ -318,16 +318,18 @@ def test_chinese_text_in_stream_and_lines_mode(texts, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ resume
-@pytest.mark.parametrize("mode, signum", [("stream", signal.SIGINT), ("lines", signal.SIGTERM)],
-                         ids=["stream-SIGINT", "lines-SIGTERM"])
-def test_interrupted_and_resumed_run_is_bit_identical(mode, signum, texts, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("mode, signum, threads", [("stream", signal.SIGINT, 1), ("lines", signal.SIGTERM, 1),
+                                                  ("stream", signal.SIGINT, 2), ("lines", signal.SIGTERM, 3)],
+                         ids=["stream-SIGINT", "lines-SIGTERM", "stream-SIGINT-2-threads", "lines-SIGTERM-3-threads"])
+def test_interrupted_and_resumed_run_is_bit_identical(mode, signum, threads, texts, tmp_path, capsys, monkeypatch):
     """Ctrl-C (a real SIGINT, delivered in-process; SIGTERM likewise) after step 4, then --resume,
     ends exactly where a run that was never interrupted ends: every tensor of last.safetensors and
-    best.safetensors."""
+    best.safetensors. Also with the batch split over threads (dropout masks drawn per shard)."""
     from rnnlab.lm.trainer import Trainer
 
     text = texts["en"] if mode == "stream" else texts["names"]
-    opts = [*TINY, "--max-steps", "10", "--eval-every", "3", "--dropout", "0.1", "--layers", "2"]
+    opts = [*TINY, "--max-steps", "10", "--eval-every", "3", "--dropout", "0.1", "--layers", "2",
+            "--threads", str(threads)]
     if mode == "lines":
         opts.append("--lines")
     rc, _, err = cli(capsys, "train", text, "--out", tmp_path / "straight", *opts)

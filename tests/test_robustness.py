@@ -254,18 +254,19 @@ def test_sigkill_in_the_middle_of_writing_a_checkpoint(text, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ NaN / Inf
-@pytest.mark.parametrize("fault, clip", [("loss", "0"), ("gradient", "1"), ("gradient", "0")])
-def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, clip, text, tmp_path, capsys,
+@pytest.mark.parametrize("fault, clip, threads", [("loss", "0", 1), ("gradient", "1", 1), ("gradient", "0", 1),
+                                                  ("loss", "0", 2), ("gradient", "1", 2)])
+def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, clip, threads, text, tmp_path, capsys,
                                                                      monkeypatch):
-    import rnnlab.lm.trainer as trainer
+    import rnnlab.lm.shards as shards
 
     run = tmp_path / "run"
-    real, calls, kept = trainer.softmax_cross_entropy, [], {}
+    real, calls, kept = shards.softmax_cross_entropy, [], {}
 
     def faulty(logits, y, *args, **kwargs):
         loss, dlogits = real(logits, y, *args, **kwargs)
         calls.append(1)
-        if len(calls) == 5:  # training step 5; checkpoints were written at steps 2 and 4
+        if len(calls) == 4 * threads + 1:  # training step 5 (one call per shard); checkpoints at steps 2 and 4
             kept.update(file_bytes(run))
             if fault == "loss":
                 loss = loss * np.nan
@@ -274,9 +275,9 @@ def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, cli
                 dlogits[0, 0, 0] = np.inf
         return loss, dlogits
 
-    monkeypatch.setattr(trainer, "softmax_cross_entropy", faulty)
+    monkeypatch.setattr(shards, "softmax_cross_entropy", faulty)
     rc, out, err = cli(capsys, "train", text, "--out", run, *TINY, "--clip", clip, "--max-steps", "10",
-                       "--eval-every", "2")
+                       "--eval-every", "2", "--threads", str(threads))
     assert_one_line_error(rc, out, err, "training diverged at step 5", "kept unchanged", "lower --lr", "--clip")
     assert ("loss became nan" if fault == "loss" else "gradient norm became") in err
     assert file_bytes(run) == kept, "the last good checkpoint (and everything else) is untouched"

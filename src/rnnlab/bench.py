@@ -6,7 +6,10 @@ One training step is the whole loop a trainer runs, in float32::
       -> softmax cross-entropy -> backward -> Adam update
 
 rnnlab runs it as the trainer does (``RecurrentLM.forward`` / ``softmax_cross_entropy`` /
-``zero_grad`` / ``RecurrentLM.backward`` / ``Adam.step``); the PyTorch twin is ``nn.Embedding``
+``zero_grad`` / ``RecurrentLM.backward`` through :class:`rnnlab.lm.shards.BatchShards`, then
+``Adam.step``): at ``N`` threads the batch's rows are split over ``N`` threads with one BLAS
+thread each, as ``rnnlab train --threads N`` does, and the unsplit step on ``N`` BLAS threads is
+timed beside it for comparison. The PyTorch twin is ``nn.Embedding``
 (or one-hot vectors) + ``nn.RNN/LSTM/GRU`` + ``nn.Linear`` + ``F.cross_entropy`` +
 ``torch.optim.Adam``. Both run in the same process with the same thread count (OpenBLAS
 through threadpoolctl, ``torch.set_num_threads``), alternating in blocks: each block is one
@@ -23,7 +26,8 @@ Processes. Every measurement runs in a child process with a cleaned environment:
 measures the float32 GEMM peak (NumPy ``sgemm``, square ``n = 2048``, best of 5, before and after
 the rows; the better of the two counts) and reports the
 BLAS that threadpoolctl sees. Peak memory is measured in one more child per side and row
-(1 thread, unset environment): the peak resident set (``VmHWM`` after resetting it through
+(unset environment; rnnlab once per thread count, since its step at N threads holds N shards'
+gradients, torch at 1 thread): the peak resident set (``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``; ``ru_maxrss`` where that is not available) minus the resident set
 before the model is built, with the libraries (torch, numba) already imported, so it counts
 parameters, optimizer state, activations and what the allocator keeps.
@@ -98,11 +102,16 @@ def executed_flops(cell: str, layers: int, B: int, T: int, H: int, E: int) -> fl
 # ---------------------------------------------------------------------------------------------
 # the two training steps
 # ---------------------------------------------------------------------------------------------
-def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, seed: int = 0):
+def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, seed: int = 0, cores: int = 1,
+                     split: bool = True):
+    """The step ``rnnlab train`` runs by default on a machine with ``cores`` cores: forward, loss
+    and backward through :class:`rnnlab.lm.shards.BatchShards` with the shard count
+    :func:`~rnnlab.lm.shards.plan_shards` picks (``split=False``: one shard), then Adam. The
+    returned function has the count as ``.shards``."""
     import numpy as np
 
+    from .lm.shards import BatchShards, plan_shards
     from .models.recurrent_lm import RecurrentLM
-    from .nn.losses import softmax_cross_entropy
     from .optim import Adam
 
     model = RecurrentLM(V, cell, H, layers, E, rng=np.random.default_rng(seed))
@@ -110,15 +119,14 @@ def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, see
     rng = np.random.default_rng(seed + 1)
     x = rng.integers(0, V, (T, B))
     y = rng.integers(0, V, (T, B))
+    shards = BatchShards(model, plan_shards(model, B, 0, cores) if split else 1)
 
     def step():
-        logits, _, cache = model.forward(x)
-        loss, dlogits = softmax_cross_entropy(logits, y)
-        model.zero_grad()
-        model.backward(dlogits, cache)
+        loss, _ = shards.step(x, y)
         opt.step()
         return loss
 
+    step.shards = shards.shards
     return step
 
 
@@ -153,13 +161,14 @@ TRAINER = dict(cell="lstm", layers=2, H=256, E=64, B=32, T=100, clip=1.0)
 """``rnnlab train``'s defaults (TrainConfig), with V = 65: the "trainer form" measurement."""
 
 
-def make_trainer_step(seed: int = 0):
-    """What ``rnnlab train`` runs per step with its defaults: forward, loss, zero_grad, backward,
-    global-norm clipping, Adam (the schedule's bookkeeping is negligible)."""
+def make_trainer_step(seed: int = 0, cores: int = 1):
+    """What ``rnnlab train`` runs per step with its defaults on ``cores`` cores: forward, loss,
+    backward (split as :func:`~rnnlab.lm.shards.plan_shards` decides), global-norm clipping, Adam
+    (the schedule's bookkeeping is negligible)."""
     import numpy as np
 
+    from .lm.shards import BatchShards, plan_shards
     from .models.recurrent_lm import RecurrentLM
-    from .nn.losses import softmax_cross_entropy
     from .optim import Adam, clip_grad_norm
 
     c = TRAINER
@@ -168,16 +177,15 @@ def make_trainer_step(seed: int = 0):
     rng = np.random.default_rng(seed + 1)
     x = rng.integers(0, V, (c["T"], c["B"]))
     y = rng.integers(0, V, (c["T"], c["B"]))
+    shards = BatchShards(model, plan_shards(model, c["B"], 0, cores))
 
     def step():
-        logits, _, cache = model.forward(x)
-        loss, dlogits = softmax_cross_entropy(logits, y)
-        model.zero_grad()
-        model.backward(dlogits, cache)
+        loss, _ = shards.step(x, y)
         clip_grad_norm(model.grads, c["clip"])
         opt.step()
         return loss
 
+    step.shards = shards.shards
     return step
 
 
@@ -220,17 +228,22 @@ before they sleep (OpenBLAS about 2^28 cycles, ~0.1 s; libgomp less) and would o
 with this side's threads for the same cores."""
 
 
-def _block(step, k: int, threads: int) -> list[float]:
+def _block(step, k: int, threads: int, blas_threads: int | None = None) -> list[float]:
     """One block: (a pause at > 1 thread,) one untimed step that re-warms caches and wakes the
-    worker threads, then ``k`` timed steps back to back, as a trainer runs them."""
+    worker threads, then ``k`` timed steps back to back, as a trainer runs them. ``blas_threads``
+    limits the BLAS for the block (the trainer holds one BLAS thread for a whole run when it
+    splits the batch over threads)."""
+    from threadpoolctl import threadpool_limits
+
     if threads > 1:
         time.sleep(SETTLE_S)
-    step()
-    times = []
-    for _ in range(k):
-        t0 = time.perf_counter()
+    with threadpool_limits(blas_threads or threads, user_api="blas"):
         step()
-        times.append(time.perf_counter() - t0)
+        times = []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
     return times
 
 
@@ -252,30 +265,36 @@ def child_time(spec: dict) -> dict:
         for row in spec["rows"]:
             cell, layers, cfg = row["cell"], row["layers"], row["config"]
             B, T, H, E = CONFIGS[cfg]
-            ours = make_rnnlab_step(cell, layers, B, T, H, E)
-            theirs = make_torch_step(cell, layers, B, T, H, E)
+            # rnnlab as `rnnlab train` runs it on `threads` cores (the batch split over threads
+            # with one BLAS thread each, where plan_shards splits); also unsplit on `threads`
+            # BLAS threads where that differs, for comparison
+            ours = make_rnnlab_step(cell, layers, B, T, H, E, cores=threads)
+            sides = {"rnnlab": ours, "torch": make_torch_step(cell, layers, B, T, H, E)}
+            if ours.shards > 1:
+                sides["rnnlab_blas"] = make_rnnlab_step(cell, layers, B, T, H, E, split=False)
             for _ in range(spec["warmup"]):
-                ours()
-                theirs()
-            t_ours, t_torch = [], []
-            while len(t_ours) < spec["steps"]:
-                k = min(BLOCK, spec["steps"] - len(t_ours))
-                t_ours += _block(ours, k, threads)
-                t_torch += _block(theirs, k, threads)
-            res = dict(row)
-            res["rnnlab_s"] = statistics.median(t_ours)
-            res["torch_s"] = statistics.median(t_torch)
-            res["rnnlab_all"] = t_ours
-            res["torch_all"] = t_torch
+                for step in sides.values():
+                    step()
+            times = {name: [] for name in sides}
+            while len(times["rnnlab"]) < spec["steps"]:
+                k = min(BLOCK, spec["steps"] - len(times["rnnlab"]))
+                for name, step in sides.items():
+                    times[name] += _block(step, k, threads, 1 if getattr(step, "shards", 1) > 1 else None)
+            res = dict(row, shards=ours.shards)
+            for name, ts in times.items():
+                res[f"{name}_s"] = statistics.median(ts)
+                res[f"{name}_all"] = ts
+            del sides
             out["rows"].append(res)
+            blas = f"  ({ours.shards} shards; unsplit {res['rnnlab_blas_s'] * 1e3:.2f} ms)" if ours.shards > 1 else ""
             print(f"  {cell:4s} L{layers} {cfg} {threads}t: rnnlab {res['rnnlab_s'] * 1e3:9.2f} ms  "
-                  f"torch {res['torch_s'] * 1e3:9.2f} ms  x{res['torch_s'] / res['rnnlab_s']:.2f}",
+                  f"torch {res['torch_s'] * 1e3:9.2f} ms  x{res['torch_s'] / res['rnnlab_s']:.2f}{blas}",
                   file=sys.stderr, flush=True)
         if spec.get("trainer"):
-            step = make_trainer_step()
+            step = make_trainer_step(cores=threads)
             for _ in range(spec["warmup"] + 1):
                 step()
-            times = _block(step, spec["steps"], threads)
+            times = _block(step, spec["steps"], threads, 1 if step.shards > 1 else None)
             out["trainer"] = {"s": statistics.median(times), "chars": TRAINER["B"] * TRAINER["T"]}
             print(f"  trainer form {threads}t: {out['trainer']['s'] * 1e3:.2f} ms", file=sys.stderr, flush=True)
     # The peak again after the rows: on a shared machine the better of the two is the closer
@@ -317,7 +336,9 @@ def child_memory(spec: dict) -> dict:
         from .nn import cells
 
         cells.numba_enabled()  # import numba and the kernels before the baseline, like torch
-        make = make_rnnlab_step
+
+        def make(*a):
+            return make_rnnlab_step(*a, cores=spec.get("cores", 1))
     import numpy  # noqa: F401
 
     # One-time initialisation (numba's cache loading, oneDNN's kernels, thread pools) is not the
@@ -413,7 +434,8 @@ def build_report(res: dict) -> str:
               f"NumPy {m['numpy']}, PyTorch {m['torch']}, numba {m['numba']}. Date: {res['date']}.", ""]
     lines += ["Step: ids (T, B) -> embedding (E; one-hot for D) -> recurrent (L layers) -> linear (V = 65) -> "
               "softmax cross-entropy -> backward -> Adam. rnnlab: `RecurrentLM` + `softmax_cross_entropy` + "
-              "`Adam`, exactly what `rnnlab train` runs per step (without its gradient clipping). "
+              "`Adam` through `BatchShards`, exactly what `rnnlab train` runs per step (without its gradient "
+              "clipping). "
               f"Median of {args['steps']} timed steps after {args['warmup']} warm-up steps; both sides in one process "
               f"at the same thread count, alternating in blocks of one untimed + {BLOCK} timed steps (a 0.15 s pause "
               "before each block at 2 threads, so the other side's spinning idle threads are asleep). "
@@ -428,20 +450,26 @@ def build_report(res: dict) -> str:
                          f"{run.get('gemm_peak_before', run['gemm_peak']):.1f} / {run.get('gemm_peak_after', run['gemm_peak']):.1f}); numba kernels {'on' if run['numba'] else 'OFF'}; "
                          f"load average {run['load_start'][0]:.1f} -> {run['load_end'][0]:.1f}.")
     lines.append("")
-    lines += ["Columns: ratio = rnnlab chars/s / torch chars/s; GF/s = GEMM FLOPs of the dense model counted "
+    lines += ["Columns: rnnlab runs what `rnnlab train` runs by default on thr cores: where "
+              "`rnnlab.lm.shards.plan_shards` splits the batch (a recurrent model with enough work per time "
+              "step), its rows go to thr threads with one BLAS thread each, and the unsplit column gives the "
+              "single-threaded step on thr BLAS threads for comparison (- where nothing is split); ratio = rnnlab chars/s / torch "
+              "chars/s; GF/s = GEMM FLOPs of the dense model counted "
               "from the shapes / step time (same count for both sides); exec = the FLOPs rnnlab actually "
               "runs (the embedding is fused into the first layer) / step time; %peak = rnnlab GF/s (exec) / "
-              "GEMM peak; memory = peak RSS growth of a separate process (1 thread) from before the model is "
-              "built to the end of its steps; forced = the same ratio with OPENBLAS_CORETYPE=Haswell. "
+              "GEMM peak; memory = peak RSS growth of a separate process from before the model is "
+              "built to the end of its steps (rnnlab's step at the row's thread count, torch's at 1 thread); "
+              "forced = the same ratio with OPENBLAS_CORETYPE=Haswell. "
               "Floors: rnn >= 2x, gru >= 1.5x, lstm >= 1.2x; config C >= 75% of peak; memory <= torch "
               "(within 1 MiB, the resolution of an RSS difference).", ""]
     head = ("| cell | L | cfg | thr | rnnlab chars/s | torch chars/s | ratio | rnnlab GF/s (exec) | %peak "
-            "| torch GF/s | rnnlab MiB | torch MiB | forced ratio | floors |")
+            "| torch GF/s | rnnlab MiB | torch MiB | forced ratio | unsplit chars/s | floors |")
     lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     mem = res.get("memory", {})
     for r in res["table"]:
         mk = f"{r['cell']}-{r['layers']}-{r['config']}"
-        mo, mt = mem.get(mk, {}).get("rnnlab"), mem.get(mk, {}).get("torch")
+        mrow = mem.get(mk, {})
+        mo, mt = mrow.get(f"rnnlab_{r['threads']}", mrow.get("rnnlab")), mrow.get("torch")
         ok = []
         ok.append("ratio " + ("ok" if r["ratio"] >= FLOORS[r["cell"]] else "MISS"))
         if r["config"] == "C":
@@ -454,7 +482,7 @@ def build_report(res: dict) -> str:
             f"{_fmt_rate(r['torch_cps'])} | **{r['ratio']:.2f}x** | {r['rnnlab_gflops']:.1f} ({r['rnnlab_exec_gflops']:.1f}) | "
             f"{100 * r['peak_frac']:.0f}% | {r['torch_gflops']:.1f} | "
             f"{'-' if mo is None else f'{mo:.1f}'} | {'-' if mt is None else f'{mt:.1f}'} | {forced} | "
-            f"{', '.join(ok)} |")
+            f"{_fmt_rate(r['rnnlab_blas_cps']) if 'rnnlab_blas_cps' in r else '-'} | {', '.join(ok)} |")
     lines.append("")
     misses = [r for r in res["table"] if r["ratio"] < FLOORS[r["cell"]]]
     if misses:
@@ -495,6 +523,9 @@ def _table(res: dict) -> list[dict]:
                    "rnnlab_gflops": fl / r["rnnlab_s"] / 1e9, "rnnlab_exec_gflops": ex / r["rnnlab_s"] / 1e9,
                    "torch_gflops": fl / r["torch_s"] / 1e9, "gemm_peak": run["gemm_peak"]}
             row["peak_frac"] = row["rnnlab_exec_gflops"] / run["gemm_peak"]
+            if "rnnlab_blas_s" in r:
+                row["rnnlab_blas_s"] = r["rnnlab_blas_s"]
+                row["rnnlab_blas_cps"] = B * T / r["rnnlab_blas_s"]
             f = fidx.get((r["cell"], r["layers"], r["config"]))
             if f is not None:
                 row["forced_ratio"] = f["torch_s"] / f["rnnlab_s"]
@@ -577,15 +608,18 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
                     "trainer": key == "unset" and not args.quick}
             res["runs"].setdefault(key, {})[str(th)] = _run_child("time", spec, _child_env(key == "forced", th))
     if not args.no_memory:
-        print("[peak memory, 1 thread, separate processes]", file=sys.stderr, flush=True)
+        print("[peak memory, separate processes]", file=sys.stderr, flush=True)
         for r in rows:
             mk = f"{r['cell']}-{r['layers']}-{r['config']}"
-            for side in ("rnnlab", "torch"):
-                spec = dict(r, side=side, steps=max(2, min(args.warmup + 1, 3)))
+            # rnnlab's step differs with the thread count (the batch split over threads): measured
+            # for each; torch's step is the same computation at any thread count
+            sides = [("rnnlab", 1)] + [(f"rnnlab_{th}", th) for th in threads if th > 1] + [("torch", 1)]
+            for key, cores in sides:
+                spec = dict(r, side=key.split("_")[0], cores=cores, steps=max(2, min(args.warmup + 1, 3)))
                 out = _run_child("memory", spec, _child_env(False, 1))
-                res["memory"].setdefault(mk, {})[side] = out["peak_delta_mib"]
+                res["memory"].setdefault(mk, {})[key] = out["peak_delta_mib"]
                 res["memory"][mk]["method"] = out["method"]
-            print(f"  {mk}: rnnlab {res['memory'][mk]['rnnlab']:.0f} MiB, torch {res['memory'][mk]['torch']:.0f} MiB",
+            print(f"  {mk}: " + ", ".join(f"{key} {res['memory'][mk][key]:.0f} MiB" for key, _ in sides),
                   file=sys.stderr, flush=True)
     res["table"] = _table(res)
     _write_outputs(res, args)

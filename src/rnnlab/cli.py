@@ -69,6 +69,8 @@ TRAIN_OPTIONS = [
     ("--seed", "seed", _num(int, 0), "random seed (default 1337)"),
     ("--dtype", "dtype", str, "float32 | float64 (default float32)"),
     ("--device", "device", str, "cpu | cuda (default cpu)"),
+    ("--threads", "threads", _num(int, 0), "CPU threads, each training on a block of the batch's rows; "
+                                           "0 = decide from the cores and the model's size (default 0)"),
 ]
 RESUME_OVERRIDABLE = {"max_steps", "max_time", "eval_every", "device"}
 

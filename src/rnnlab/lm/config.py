@@ -41,6 +41,7 @@ class TrainConfig:
     lines: bool = False            # each non-empty line is one item (names, words, sentences)
     dtype: str = "float32"
     device: str = "cpu"
+    threads: int = 0               # CPU threads, each training on a block of batch rows (0 = auto, see shards.py)
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. the demo's label)
 
     def to_dict(self) -> dict:
@@ -91,6 +92,7 @@ class TrainConfig:
         need(self.dtype in ("float32", "float64"), "dtype", "must be float32 or float64")
         need(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda")
         need(0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
+        need(0 <= self.threads <= 1024, "threads", "must be an integer in [0, 1024] (0 = automatic)")
         return self
 
     def model_config(self, vocab_size: int) -> dict:

@@ -6,6 +6,9 @@ Each step::
     loss, dlogits = softmax_cross_entropy(logits, y)                mean nats per scored character
     model.backward(dlogits, cache); clip_grad_norm; optimizer.step(); schedule.step()
 
+On the CPU the forward/loss/backward part runs on ``--threads`` threads, each on a block of the
+batch's rows (:mod:`rnnlab.lm.shards`).
+
 Everything a continuation needs is in ``checkpoints/last.safetensors``: the weights, the
 optimizer's slots, the carried state, and in its JSON metadata the step, the schedule, the
 generator and batcher positions. A run interrupted and resumed therefore ends bit-identical to
@@ -15,6 +18,7 @@ keeps the last good checkpoint, and raises a :class:`RnnlabError` that suggests 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -27,7 +31,6 @@ from ..data import LinesBatcher, StreamBatcher, Vocab
 from ..errors import RnnlabError
 from ..io import append_jsonl, atomic_write_json, read_jsonl
 from ..models import build_model
-from ..nn.losses import softmax_cross_entropy
 from ..optim import clip_grad_norm, flatten_state, make_optimizer, make_schedule, unflatten_state
 from .checkpoint import _FIX as _CHECKPOINT_FIX
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -35,6 +38,7 @@ from .config import TrainConfig
 from .corpus import Corpus
 from .evaluate import evaluate
 from .rundir import RunDir
+from .shards import BatchShards, plan_shards
 
 FORMAT = "rnnlab-run"
 FORMAT_VERSION = 1
@@ -114,11 +118,15 @@ class Trainer:
             self.batcher = LinesBatcher(train, cfg.batch, np.random.default_rng([cfg.seed, 1]))
         else:
             self.batcher = StreamBatcher(train, cfg.batch, cfg.seq_len)
+        # the batch's rows are split over threads (see shards.py); the count is kept in the
+        # checkpoint, so that a resumed run adds its gradients in the same order
+        self.shards = plan_shards(self.model, cfg.batch, cfg.threads)
         self.state = None
         self.step = 0
         self.elapsed = 0.0
         self.best_val = math.inf
         self._saved_step = -1
+        self._shards = None
         if self.model.kind == "bigram":
             self.model.prefit(self._train_pairs())
 
@@ -158,6 +166,7 @@ class Trainer:
             "best_val": self.best_val if math.isfinite(self.best_val) else None,
             "optimizer": ometa, "schedule": self.schedule.state_dict(), "batcher": self.batcher.state(),
             "rng": self.rng.bit_generator.state, "carry": len(carry), "model": self.model.config(),
+            "shards": self.shards,
         }
         return tensors, meta
 
@@ -189,6 +198,9 @@ class Trainer:
             self.schedule.load_state_dict(meta["schedule"])
             self.batcher.load_state(meta["batcher"])
             self.rng.bit_generator.state = meta["rng"]
+            self.shards = int(meta.get("shards", 1))  # checkpoints from before sharding ran one
+            if self.shards < 1:
+                raise ValueError(f"shards {self.shards}")
             n = int(meta["carry"])
             self.state = _state_from_arrays(self.model, [tensors[f"carry.{i}"] for i in range(n)])
             self.step = self._saved_step = int(meta["step"])
@@ -213,13 +225,13 @@ class Trainer:
             lengths = None
             state = self.model.initial_state(xp, cfg.batch) if reset or self.state is None else self.state
         x, y = xp.asarray(x), xp.asarray(y)
-        logits, state_n, cache = self.model.forward(x, state, lengths=lengths, rng=self.rng)
-        loss, dlogits = softmax_cross_entropy(logits, y)
+        if self._shards is None or self._shards.shards != self.shards:
+            self._close_shards()
+            self._shards = BatchShards(self.model, self.shards)
+        loss, state_n = self._shards.step(x, y, state, lengths, self.rng)  # forward, loss, backward
         loss = backend.to_float(loss)
         if not math.isfinite(loss):
             raise _Diverged(f"the training loss became {loss}", self.step + 1)
-        self.model.zero_grad()
-        self.model.backward(dlogits, cache)
         # the norm is checked with clipping off too (max_norm inf scales nothing): a NaN/Inf gradient
         # stops training before the optimizer writes it into the weights
         norm = clip_grad_norm(self.model.grads, cfg.clip if cfg.clip > 0 else math.inf)
@@ -254,8 +266,17 @@ class Trainer:
         cps = 0.0
         warm = False
         interrupted = False
+        # With the batch split over threads each shard runs single-threaded BLAS; the limit is held
+        # for the whole run (evaluation included), since OpenBLAS's own idle workers, woken by any
+        # multi-threaded call between steps, spin for a while and would compete with the shards.
+        if self.shards > 1 and backend.xp is np:
+            blas = _blas_limit(1)
+        elif cfg.threads > 0 and backend.xp is np:  # one shard: the BLAS gets the threads asked for
+            blas = _blas_limit(cfg.threads)
+        else:
+            blas = contextlib.nullcontext()
         try:
-            with stop:
+            with stop, blas:
                 while self.step < cfg.max_steps:
                     if stop.flag:
                         interrupted = True
@@ -298,7 +319,13 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self._close_shards()
         return TrainResult(self.step, self.best_val, last_train, interrupted, cps, self.elapsed)
+
+    def _close_shards(self) -> None:
+        if self._shards is not None:
+            self._shards.close()
+            self._shards = None
 
     def _postfix(self, loss, cps) -> str:
         val = f"{self.best_val:.3f}" if math.isfinite(self.best_val) else "-"
@@ -363,6 +390,12 @@ class _StopFlag:
         for s, h in self._old.items():
             signal.signal(s, h)
         return False
+
+
+def _blas_limit(threads: int):
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(threads, user_api="blas")
 
 
 def _progress_bar(enabled: bool, by_time: bool, total: float, initial: float):

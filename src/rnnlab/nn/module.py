@@ -15,6 +15,8 @@ Layers are stateless between calls: ``forward`` returns a ``cache`` that the cal
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .. import backend
@@ -48,6 +50,28 @@ class Module:
             self.params[f"{name}.{k}"] = v
             self.grads[f"{name}.{k}"] = module.grads[k]
         return module
+
+    def replica(self) -> "Module":
+        """A twin that shares every parameter array with this module but owns zeroed gradient
+        arrays of its own (children replicated the same way), so that two threads can run
+        ``forward``/``backward`` at once, each adding into its own ``grads``. Used by
+        :mod:`rnnlab.lm.shards`; an optimizer updating ``params`` updates both."""
+        return self._replica({})
+
+    def _replica(self, memo: dict) -> "Module":
+        new = copy.copy(self)  # the same attribute values, parameter arrays included
+        memo[id(self)] = new
+        new.children = {name: c._replica(memo) for name, c in self.children.items()}
+        for k, v in vars(self).items():  # attributes naming a child (or a list of them) follow it
+            if isinstance(v, Module) and id(v) in memo:
+                setattr(new, k, memo[id(v)])
+            elif isinstance(v, (list, tuple)) and any(isinstance(e, Module) for e in v):
+                setattr(new, k, type(v)(memo.get(id(e), e) for e in v))
+        new.params = dict(self.params)
+        from_children = {f"{name}.{k}": g for name, c in new.children.items() for k, g in c.grads.items()}
+        new.grads = {k: from_children[k] if k in from_children else backend.xp.zeros_like(g)
+                     for k, g in self.grads.items()}
+        return new
 
     # -- bookkeeping ----------------------------------------------------------------------
     def zero_grad(self) -> None:

@@ -1,0 +1,168 @@
+"""The training step's forward, loss and backward, optionally split over threads by batch rows.
+
+With ``n`` shards the ``B`` rows of a batch are cut into ``n`` contiguous blocks, and each block
+runs on its own thread through its own :meth:`~rnnlab.nn.module.Module.replica` of the model
+(the same parameter arrays, separate gradient arrays)::
+
+    rows [lo_j, hi_j)  ->  thread j:  logits_j, state_j = replica_j.forward(x_j, state_j)
+                                      loss_j = sum over its scored items of -log p / N
+                                      replica_j.backward(dloss_j / dlogits_j)
+    loss  = sum_j loss_j                  N = scored items of the whole batch
+    grads = grads_0 + grads_1 + ...       added in shard order, so the result is deterministic
+    state_n = the shards' states joined along the batch axis
+
+The sum of the shards' losses is the whole batch's mean loss and the summed gradients are its
+gradient (each item's weight ``1/N`` is the same as in the unsplit step); only the order of
+floating-point additions differs, so results agree with the unsplit step to rounding, and a run
+with the same shard count is bit-for-bit repeatable.
+
+Why: a recurrent step is a chain of small GEMMs with ``B`` rows. A BLAS library splits each of
+them over its threads with a synchronisation per call and little work per thread, which scales
+poorly; whole independent halves of the batch, each on one core with single-threaded BLAS,
+scale much better (measurements in docs/benchmarks.md). While shards run, the BLAS is limited to
+one thread (threadpoolctl) and restored afterwards. The NumPy calls, the numba kernels
+(compiled ``nogil``) and the GEMMs release the GIL; only the short Python loop over time holds it.
+
+State convention: a model's carried state (:meth:`LanguageModel.initial_state`) is ``None``, an
+array or a tuple of arrays, each with the batch on axis 1, which is how it is split and joined.
+Dropout masks come from one generator per shard seeded from ``rng`` (drawn in shard order).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import backend
+from ..nn.losses import softmax_cross_entropy
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+MIN_ROWS = 8
+"""Fewest batch rows per shard that automatic planning allows."""
+
+MIN_STEP_WORK = 1 << 19
+"""Fewest multiply-adds in one shard's per-step recurrent GEMM (rows x G*H x H) that automatic
+planning splits for: below it, handing the GIL and waking threads at every time step costs more
+than the second core gives (measured on 2 cores: an RNN with H = 128 and 16 rows per shard ran
+slower split, an LSTM with the same H faster)."""
+
+
+def plan_shards(model, batch: int, threads: int = 0, cores: int | None = None) -> int:
+    """How many shards a training step uses. ``threads > 0`` asks for exactly that many (at most
+    one per batch row). ``threads = 0`` (auto) uses one per usable core for a recurrent model when
+    each shard keeps at least :data:`MIN_ROWS` rows and :data:`MIN_STEP_WORK` multiply-adds per
+    time step, and one shard otherwise (the window models and the bigram run few, large GEMMs,
+    which the BLAS spreads over the cores well by itself)."""
+    if threads > 0:
+        return max(1, min(threads, batch))
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(getattr(model, "cell", None))
+    if gates is None:
+        return 1
+    n = min(usable_cores() if cores is None else cores, batch // MIN_ROWS)
+    while n > 1 and (batch // n) * gates * model.hidden * model.hidden < MIN_STEP_WORK:
+        n -= 1
+    return max(1, n)
+
+
+def _split_state(state, lo: int, hi: int):
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s[:, lo:hi] for s in state)
+    return state[:, lo:hi]
+
+
+def _join_states(xp, states: list):
+    first = states[0]
+    if first is None:
+        return None
+    if isinstance(first, tuple):
+        return tuple(xp.concatenate([s[i] for s in states], axis=1) for i in range(len(first)))
+    return xp.concatenate(states, axis=1)
+
+
+class BatchShards:
+    """``BatchShards(model, shards)``: ``loss, state_n = step(x, y, state, lengths, rng)`` runs
+    forward, loss and backward and leaves the gradient of the batch's mean loss in
+    ``model.grads`` (overwritten, not added to). ``shards=1`` is the plain single-threaded step;
+    the CuPy backend always runs one shard. Call :meth:`close` (or use ``with``) to stop the
+    worker threads."""
+
+    def __init__(self, model, shards: int = 1) -> None:
+        if shards < 1:
+            raise ValueError(f"shards must be >= 1, got {shards}")
+        self.model = model
+        self.shards = 1 if backend.xp is not np else int(shards)
+        self.replicas = [model] + [model.replica() for _ in range(self.shards - 1)]
+        self._pool = ThreadPoolExecutor(self.shards - 1, thread_name_prefix="rnnlab-shard") if self.shards > 1 else None
+        self._blas = None
+        if self.shards > 1:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def step(self, x, y, state=None, lengths=None, rng=None):
+        """Forward, loss, zero_grad, backward. ``x, y (T, B)`` ids and targets (``-1`` = not
+        scored), ``lengths (B,)`` for a padded batch. Returns ``(loss, state_n)``: the mean
+        loss as a 0-d array and the model's state after the batch."""
+        model = self.model
+        B = x.shape[1]
+        n = min(self.shards, B)
+        if n == 1:
+            logits, state_n, cache = model.forward(x, state, lengths=lengths, rng=rng)
+            loss, dlogits = softmax_cross_entropy(logits, y)
+            model.zero_grad()
+            model.backward(dlogits, cache)
+            return loss, state_n
+        xp = backend.xp
+        count = int((y != -1).sum())
+        weight = model.param_dtype.type(1) / model.param_dtype.type(max(count, 1))  # each item's 1/N
+        bounds = [(B * j) // n for j in range(n + 1)]
+        seeds = rng.integers(0, 2**63, size=n) if rng is not None else [None] * n
+
+        def run(j):
+            lo, hi = bounds[j], bounds[j + 1]
+            rep = self.replicas[j]
+            if rep.training != model.training:
+                rep.train(model.training)
+            yj = y[:, lo:hi]
+            logits, state_n, cache = rep.forward(
+                x[:, lo:hi], _split_state(state, lo, hi), lengths=None if lengths is None else lengths[lo:hi],
+                rng=None if seeds[j] is None else np.random.default_rng(int(seeds[j])))
+            loss, dlogits = softmax_cross_entropy(logits, yj, mask=xp.full(yj.shape, weight, model.param_dtype),
+                                                  reduction="sum")
+            rep.zero_grad()
+            rep.backward(dlogits, cache)
+            return loss, state_n
+
+        with self._blas.limit(limits=1, user_api="blas"):
+            futures = [self._pool.submit(run, j) for j in range(1, n)]
+            results = [run(0)] + [f.result() for f in futures]
+        grads = model.grads
+        for rep in self.replicas[1:n]:
+            for k, g in rep.grads.items():
+                grads[k] += g
+        loss = results[0][0]
+        for other, _ in results[1:]:
+            loss = loss + other
+        return loss, _join_states(xp, [s for _, s in results])

@@ -1,0 +1,200 @@
+"""The training step split over threads by batch rows (rnnlab.lm.shards) and Module.replica."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rnnlab.lm.shards import BatchShards, plan_shards
+from rnnlab.models import build_model
+from rnnlab.nn.losses import softmax_cross_entropy
+
+V = 13
+MODELS = [
+    {"model": "lstm", "hidden": 9, "layers": 2, "embed": 5},
+    {"model": "gru", "hidden": 7, "layers": 1, "embed": 0},
+    {"model": "rnn", "hidden": 8, "layers": 2, "embed": 4},
+    {"model": "mlp", "context": 3, "embed": 4, "hidden": 8, "layers": 2},
+    {"model": "cnn", "embed": 4, "channels": 6, "layers": 2, "kernel": 2},
+    {"model": "bigram"},
+]
+
+
+def model_of(cfg, dtype="float64"):
+    return build_model({**cfg, "vocab_size": V, "dtype": dtype}, rng=np.random.default_rng(7))
+
+
+def random_state(model, B, rng):
+    """A non-trivial carried state (hidden states, or the previous chunk's ids)."""
+    s = model.initial_state(np, B)
+    if s is None:
+        return None
+    if isinstance(s, tuple):
+        return tuple(a + rng.standard_normal(a.shape) for a in s)
+    if s.dtype.kind in "iu":
+        return rng.integers(0, V, s.shape).astype(s.dtype)
+    return s + rng.standard_normal(s.shape)
+
+
+def unsplit(model, x, y, state, lengths=None):
+    """The reference step, written out: forward, mean loss, backward."""
+    logits, state_n, cache = model.forward(x, state, lengths=lengths)
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    model.zero_grad()
+    model.backward(dlogits, cache)
+    return float(loss), state_n, {k: g.copy() for k, g in model.grads.items()}
+
+
+def as_list(state):
+    return [] if state is None else list(state) if isinstance(state, tuple) else [state]
+
+
+@pytest.mark.parametrize("cfg", MODELS, ids=[c["model"] for c in MODELS])
+@pytest.mark.parametrize("shards", [2, 3, 7])
+def test_split_step_equals_the_whole_batch_step(cfg, shards):
+    """float64: the same loss, gradients and final state as the unsplit step, to rounding, with a
+    carried state, unscored (-1) targets and uneven blocks (B = 7)."""
+    rng = np.random.default_rng(0)
+    model = model_of(cfg)
+    T, B = 6, 7
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    y[4:, 2] = -1
+    y[:, 5] = -1  # a row with nothing scored
+    state = random_state(model, B, rng)
+    want_loss, want_state, want = unsplit(model, x, y, state)
+    for g in model.grads.values():  # stale values must be overwritten, not added to
+        g += 1.0
+    with BatchShards(model, shards) as step:
+        loss, state_n = step.step(x, y, state, None, np.random.default_rng(1))
+    assert float(loss) == pytest.approx(want_loss, rel=1e-13)
+    for k in want:
+        np.testing.assert_allclose(model.grads[k], want[k], rtol=1e-11, atol=1e-14, err_msg=k)
+    for a, b in zip(as_list(state_n), as_list(want_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_split_step_with_padded_lines(cell):
+    """A padded batch of items (lengths, -1 targets past each end) gives the unsplit gradients."""
+    rng = np.random.default_rng(2)
+    model = model_of({"model": cell, "hidden": 6, "layers": 2, "embed": 3})
+    T, B = 9, 6
+    lengths = np.array([9, 3, 5, 1, 7, 2])
+    x = rng.integers(0, V, (T, B))
+    y = rng.integers(0, V, (T, B))
+    for b, n in enumerate(lengths):
+        x[n:, b], y[n:, b] = 0, -1
+    want_loss, _, want = unsplit(model, x, y, None, lengths)
+    with BatchShards(model, 4) as step:
+        loss, _ = step.step(x, y, None, lengths, None)
+    assert float(loss) == pytest.approx(want_loss, rel=1e-13)
+    for k in want:
+        np.testing.assert_allclose(model.grads[k], want[k], rtol=1e-11, atol=1e-14, err_msg=k)
+
+
+def test_split_step_is_deterministic_with_dropout():
+    """Dropout masks come from per-shard generators seeded from the caller's rng: the same rng
+    state gives bit-identical gradients, a different one different gradients."""
+    model = model_of({"model": "lstm", "hidden": 8, "layers": 2, "embed": 4, "dropout": 0.3}, "float32")
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, V, (5, 8)), rng.integers(0, V, (5, 8))
+    runs = []
+    with BatchShards(model, 2) as step:
+        for seed in (11, 11, 12):
+            step.step(x, y, None, None, np.random.default_rng(seed))
+            runs.append({k: g.copy() for k, g in model.grads.items()})
+    assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert any(not np.array_equal(runs[0][k], runs[2][k]) for k in runs[0])
+    with BatchShards(model, 2) as step, pytest.raises(ValueError, match="rng"):
+        step.step(x, y, None, None, None)  # dropout without a generator is refused, as unsplit
+
+
+def test_more_shards_than_rows_and_float32():
+    """Asking for more shards than batch rows runs one row per shard; float32 agrees to float32
+    rounding."""
+    rng = np.random.default_rng(4)
+    model = model_of({"model": "gru", "hidden": 16, "layers": 1, "embed": 8}, "float32")
+    x, y = rng.integers(0, V, (7, 3)), rng.integers(0, V, (7, 3))
+    want_loss, _, want = unsplit(model, x, y, None)
+    with BatchShards(model, 8) as step:
+        loss, _ = step.step(x, y, None, None, None)
+    assert loss.dtype == np.float32
+    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+    for k in want:
+        np.testing.assert_allclose(model.grads[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_blas_threads_are_restored_after_a_split_step():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    model = model_of({"model": "rnn", "hidden": 8, "layers": 1, "embed": 4})
+    x = np.zeros((3, 4), np.int64)
+    with threadpool_limits(2, user_api="blas"), BatchShards(model, 2) as step:
+        before = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+        step.step(x, x, None, None, None)
+        after = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+    assert before == after and before
+
+
+def test_replica_shares_parameters_and_owns_gradients():
+    model = model_of({"model": "cnn", "embed": 4, "channels": 6, "layers": 2, "kernel": 2})
+    twin = model.replica()
+    assert twin.params.keys() == model.params.keys() == twin.grads.keys()
+    for k in model.params:
+        assert twin.params[k] is model.params[k]
+        assert twin.grads[k] is not model.grads[k] and not np.shares_memory(twin.grads[k], model.grads[k])
+    # children, and attributes naming them (lists included), point at the twin's children, whose
+    # gradient arrays are the twin's own
+    assert twin.embed is twin.children["embed"] and twin.embed is not model.embed
+    assert all(a is b for a, b in zip(twin.convs, [twin.children[n] for n in twin.children if n.startswith("conv")]))
+    assert twin.embed.grads["weight"] is twin.grads["embed.weight"]
+    model.params["embed.weight"][0, 0] = 42.0  # an optimizer's in-place update reaches both
+    assert twin.embed.weight[0, 0] == 42.0
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, V, (4, 3))
+    logits, _, cache = twin.forward(x)
+    twin.backward(np.ones_like(logits), cache)
+    assert all(not g.any() for g in model.grads.values()) and any(g.any() for g in twin.grads.values())
+
+
+@pytest.mark.parametrize("cfg, batch, threads, cores, want", [
+    ({"model": "lstm", "hidden": 256}, 32, 0, 2, 2),    # the trainer's defaults on 2 cores
+    ({"model": "lstm", "hidden": 256}, 32, 0, 16, 4),   # at least 8 rows per shard
+    ({"model": "lstm", "hidden": 256}, 7, 0, 8, 1),
+    ({"model": "rnn", "hidden": 128}, 32, 0, 2, 1),     # too little work per step to split
+    ({"model": "rnn", "hidden": 256}, 32, 0, 2, 2),
+    ({"model": "gru", "hidden": 128}, 64, 0, 8, 5),     # 12 rows x 3*128*128 >= 2^19 > 10 rows x ...
+    ({"model": "mlp", "hidden": 256}, 64, 0, 8, 1),     # window models leave threading to the BLAS
+    ({"model": "bigram"}, 64, 0, 8, 1),
+    ({"model": "rnn", "hidden": 4}, 32, 3, 1, 3),       # asked for: exactly that many
+    ({"model": "bigram"}, 2, 5, 1, 2),                  # ... but at most one per row
+])
+def test_plan_shards(cfg, batch, threads, cores, want):
+    extra = {} if cfg["model"] == "bigram" else {"layers": 1, "embed": 8}
+    model = build_model({**extra, **cfg, "vocab_size": V})
+    assert plan_shards(model, batch, threads, cores) == want
+
+
+def test_resume_keeps_the_shard_count_of_the_checkpoint(tmp_path, capsys, monkeypatch):
+    """--threads 0 (auto) resolves per machine; a run resumed where auto would pick another count
+    keeps the checkpoint's, so it still ends bit-identical to the uninterrupted run."""
+    import rnnlab.lm.shards as shards
+    from rnnlab.cli import main
+    from rnnlab.lm.checkpoint import load_checkpoint
+
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+    opts = ["--model", "gru", "--layers", "1", "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8",
+            "--eval-every", "2", "--quiet", "--threads", "0", "--schedule", "constant"]
+    monkeypatch.setattr(shards, "usable_cores", lambda: 2)
+    monkeypatch.setattr(shards, "MIN_STEP_WORK", 0)  # split even this tiny model
+    assert main(["train", str(text), "--out", str(tmp_path / "straight"), *opts, "--max-steps", "6"]) == 0
+    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), *opts, "--max-steps", "3"]) == 0
+    first = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")[1]
+    assert first["shards"] == 2 and first["step"] == 3
+    monkeypatch.setattr(shards, "usable_cores", lambda: 1)  # auto would now mean one shard
+    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), "--resume", "--max-steps", "6"]) == 0
+    capsys.readouterr()
+    a, ma = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors")
+    b, mb = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
+    assert ma["step"] == mb["step"] == 6 and mb["shards"] == 2
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
