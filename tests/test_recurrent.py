@@ -309,6 +309,18 @@ def test_backward_accumulates_and_zero_grad_clears():
     assert set(layer.params) == set(layer.grads)
 
 
+@pytest.mark.parametrize("cell", [RNN, LSTM, GRU])
+def test_a_cache_serves_one_backward(cell):
+    """The LSTM and GRU write the gate gradients over the saved gates, so a cache is used up by
+    its backward; a second call is refused instead of returning wrong gradients (all cells alike)."""
+    layer = cell(2, 3, num_layers=2, bidirectional=True, dtype=np.float64, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((5, 2, 2))
+    y, _, c = layer.forward(x)
+    layer.backward(np.ones_like(y), None, c)
+    with pytest.raises(ValueError, match="already used by backward.*run forward again"):
+        layer.backward(np.ones_like(y), None, c)
+
+
 def test_textbook_rnn_recurrence_and_names():
     rng = np.random.default_rng(0)
     layer = RNN(3, 4, dtype=np.float64, rng=rng)

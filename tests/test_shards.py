@@ -160,9 +160,10 @@ def test_replica_shares_parameters_and_owns_gradients():
     ({"model": "lstm", "hidden": 256}, 32, 0, 2, 2),    # the trainer's defaults on 2 cores
     ({"model": "lstm", "hidden": 256}, 32, 0, 16, 4),   # at least 8 rows per shard
     ({"model": "lstm", "hidden": 256}, 7, 0, 8, 1),
-    ({"model": "rnn", "hidden": 128}, 32, 0, 2, 1),     # too little work per step to split
-    ({"model": "rnn", "hidden": 256}, 32, 0, 2, 2),
-    ({"model": "gru", "hidden": 128}, 64, 0, 8, 5),     # 12 rows x 3*128*128 >= 2^19 > 10 rows x ...
+    ({"model": "lstm", "hidden": 128}, 32, 0, 2, 1),    # too little work per step to split
+    ({"model": "rnn", "hidden": 256}, 32, 0, 2, 1),     # 16 rows x 256*256 = 2^20 < 2^21
+    ({"model": "rnn", "hidden": 256}, 64, 0, 2, 2),     # 32 rows: 2^21
+    ({"model": "gru", "hidden": 256}, 64, 0, 8, 5),     # 12 rows x 3*256*256 >= 2^21 > 10 rows x ...
     ({"model": "mlp", "hidden": 256}, 64, 0, 8, 1),     # window models leave threading to the BLAS
     ({"model": "bigram"}, 64, 0, 8, 1),
     ({"model": "rnn", "hidden": 4}, 32, 3, 1, 3),       # asked for: exactly that many

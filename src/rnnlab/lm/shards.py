@@ -49,11 +49,12 @@ def usable_cores() -> int:
 MIN_ROWS = 8
 """Fewest batch rows per shard that automatic planning allows."""
 
-MIN_STEP_WORK = 1 << 19
+MIN_STEP_WORK = 1 << 21
 """Fewest multiply-adds in one shard's per-step recurrent GEMM (rows x G*H x H) that automatic
 planning splits for: below it, handing the GIL and waking threads at every time step costs more
-than the second core gives (measured on 2 cores: an RNN with H = 128 and 16 rows per shard ran
-slower split, an LSTM with the same H faster)."""
+than the second core gives. Measured on 2 cores (docs/benchmarks.md): with H = 128 and 16 rows
+per shard (up to 1M multiply-adds) the split step was as fast or slower than the unsplit one on
+two BLAS threads; from H = 256 with 32 rows (2M) on it was faster."""
 
 
 def plan_shards(model, batch: int, threads: int = 0, cores: int | None = None) -> int:

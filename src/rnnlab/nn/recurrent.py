@@ -302,6 +302,26 @@ class _Recurrent(Module):
         xp.matmul(inp.reshape(T * B, I), p["W_xh"].T, out=out2)
         return out
 
+    def _gate_buffer(self, xp, inp, p, reverse):
+        """The gates of every step in a ``(T+1, B, G*H)`` buffer with one spare row: ``A`` is rows
+        ``0..T-1`` (``1..T`` for the reverse direction), filled with the input projection.
+
+        The backward loop writes step ``t``'s pre-activation gradient one row over, into the
+        row of the step it visited just before (whose gates it no longer needs) or the spare row
+        (see :meth:`_grad_view`). So the gradients need no buffer of their own, and no kernel
+        call reads and writes the same row. The price: ``backward`` consumes the cache."""
+        T, B, _ = inp.shape
+        buf = _ws(xp, (T + 1, B, p["W_xh"].shape[0]), self.param_dtype)
+        A = buf[1:] if reverse else buf[:-1]  # (T, B, G*H) view
+        self._input_projection(xp, inp, p, out=A)
+        return buf, A
+
+    @staticmethod
+    def _grad_view(buf, reverse):
+        """``dA (T, B, G*H)`` over the gate buffer: ``dA[t]`` is the row after ``A[t]`` (before it
+        for the reverse direction), i.e. the row of the step the backward loop visited last."""
+        return buf[:-1] if reverse else buf[1:]
+
     # ------------------------------------------------------------------------- backward
     def backward(self, dy, dstate_n, cache):
         """Backpropagate through time. Returns ``(dx, dstate0)`` and adds into ``grads``.
@@ -309,7 +329,14 @@ class _Recurrent(Module):
         ``dy`` is the gradient of the loss with respect to ``y`` (or None), ``dstate_n`` the
         gradient with respect to ``state_n`` (or None; a tuple for the LSTM). After the call
         ``cache["dh"][layer][direction]`` holds ``dL/dh_t`` for every step, ``(T, B, H)``.
+
+        A cache serves one ``backward``: the LSTM and GRU write the gate gradients over the saved
+        gates (saving a ``(T, B, G*H)`` buffer per step), so a second call raises ``ValueError``.
         """
+        if cache.get("consumed"):
+            raise ValueError("this cache was already used by backward (which overwrites the saved gates with "
+                             "their gradients); run forward again")
+        cache["consumed"] = True
         T, B = cache["T"], cache["B"]
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         first_in = cache["layers"][0]["input"]
@@ -520,7 +547,7 @@ class LSTM(_Recurrent):
         T, B, _ = inp.shape
         H = self.hidden_size
         K = self._kernels(xp)
-        A = self._input_projection(xp, inp, p)  # (T, B, 4H): W_xh x_t, then the gates
+        Abuf, A = self._gate_buffer(xp, inp, p, reverse)  # A (T, B, 4H): W_xh x_t, then the gates
         S = _ws(xp, (T + 1, B, H), self.param_dtype)
         C = _ws(xp, (T + 1, B, H), self.param_dtype)
         TC = _ws(xp, (T, B, H), self.param_dtype)  # tanh(c_t)
@@ -534,14 +561,14 @@ class LSTM(_Recurrent):
             if keep is not None:
                 xp.copyto(S[ic], S[ip], where=keep[t])
                 xp.copyto(C[ic], C[ip], where=keep[t])
-        return {"S": S, "C": C, "A": A, "TC": TC}
+        return {"S": S, "C": C, "A": A, "Abuf": Abuf, "TC": TC}
 
     def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, m, reverse, dinp, first):
         S, C, A, TC = dc["S"], dc["C"], dc["A"], dc["TC"]
         T, B, H = TC.shape
         K = self._kernels(xp)
         DH = _ws(xp, (T, B, H), self.param_dtype)
-        dA = _ws(xp, (T, B, 4 * H), self.param_dtype)
+        dA = self._grad_view(dc["Abuf"], reverse)  # (T, B, 4H), over the gates already used
         dnext = self._dstate(xp, dh_n, B)
         dcell = self._dstate(xp, dc_n, B)  # dL/dc_t, updated in place by the kernel
         w_hh = p["W_hh"]
@@ -571,7 +598,7 @@ class GRU(_Recurrent):
         T, B, _ = inp.shape
         H = self.hidden_size
         K = self._kernels(xp)
-        A = self._input_projection(xp, inp, p)  # (T, B, 3H): input parts, then gates r, z, n
+        Abuf, A = self._gate_buffer(xp, inp, p, reverse)  # A (T, B, 3H): input parts, then gates r, z, n
         S = _ws(xp, (T + 1, B, H), self.param_dtype)
         HN = _ws(xp, (T, B, H), self.param_dtype)  # W_hn h_{t-1} + b_hn
         S[T if reverse else 0] = h0
@@ -582,14 +609,14 @@ class GRU(_Recurrent):
             K.gru_forward(A[t], hh, b, b_hn, S[ip], HN[t], S[ic])
             if keep is not None:
                 xp.copyto(S[ic], S[ip], where=keep[t])
-        return {"S": S, "A": A, "HN": HN}
+        return {"S": S, "A": A, "Abuf": Abuf, "HN": HN}
 
     def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, m, reverse, dinp, first):
         S, A, HN = dc["S"], dc["A"], dc["HN"]
         T, B, H = HN.shape
         K = self._kernels(xp)
         DH = _ws(xp, (T, B, H), self.param_dtype)
-        dHH = _ws(xp, (T, B, 3 * H), self.param_dtype)  # [dar, daz, dhh_n]
+        dHH = self._grad_view(dc["Abuf"], reverse)  # (T, B, 3H) [dar, daz, dhh_n], over used gates
         dAn = _ws(xp, (T, B, H), self.param_dtype)  # candidate's input-side gradient
         dnext = self._dstate(xp, dh_n, B)  # dL/dh_t through W_hh (the GEMM's output)
         direct = xp.zeros((B, H), self.param_dtype)  # dL/dh_t that bypasses W_hh (dh * z)
