@@ -588,10 +588,9 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
         if c not in CONFIGS:
             p.error(f"unknown config {c!r}")
     try:
-        import threadpoolctl  # noqa: F401
         import torch  # noqa: F401
     except ImportError as exc:
-        print(f"rnnlab bench needs torch and threadpoolctl: pip install 'rnnlab[bench]' ({exc})", file=sys.stderr)
+        print(f"rnnlab bench needs torch: pip install 'rnnlab[bench]' ({exc})", file=sys.stderr)
         return 2
 
     rows = [{"cell": c, "layers": L, "config": k} for c in cells for L in layers for k in configs]
