@@ -225,8 +225,7 @@ class Trainer:
             lengths = None
             state = self.model.initial_state(xp, cfg.batch) if reset or self.state is None else self.state
         x, y = xp.asarray(x), xp.asarray(y)
-        if self._shards is None or self._shards.shards != self.shards:
-            self._close_shards()
+        if self._shards is None:  # made at the first step, after a resume has set the count
             self._shards = BatchShards(self.model, self.shards)
         loss, state_n = self._shards.step(x, y, state, lengths, self.rng)  # forward, loss, backward
         loss = backend.to_float(loss)
