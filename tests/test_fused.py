@@ -316,15 +316,15 @@ def test_layers_do_not_hand_out_arrays_the_caller_holds():
 
 
 # ----------------------------------------------------------------------------- imports, benchmark
-def test_import_rnnlab_is_fast_and_does_not_import_numba():
-    code = ("import time, sys; t = time.perf_counter(); import rnnlab; dt = time.perf_counter() - t; "
-            "import rnnlab.models, rnnlab.optim, rnnlab.nn; print(dt, 'numba' in sys.modules)")
-    times = []
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-        assert out[1] == "False"  # numba is imported on the first kernel call only
-        times.append(float(out[0]))
-    assert min(times) < 0.5
+def test_import_rnnlab_leaves_the_heavy_libraries_alone():
+    """``import rnnlab`` (and its engine modules) stays light: numba is imported on the first
+    kernel call only, matplotlib when a plot is drawn, torch and CuPy never unless asked for. The
+    import time itself is measured by the benchmark (docs/benchmarks.md)."""
+    heavy = ("numba", "matplotlib", "torch", "cupy", "threadpoolctl")
+    code = ("import sys; import rnnlab, rnnlab.models, rnnlab.optim, rnnlab.nn, rnnlab.lm.trainer; "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == []
 
 
 def test_bench_flop_counts():
@@ -339,7 +339,6 @@ def test_bench_flop_counts():
 
 def test_bench_runs_end_to_end(tmp_path):
     pytest.importorskip("torch")
-    pytest.importorskip("threadpoolctl")
     from rnnlab import bench
 
     md, js = tmp_path / "b.md", tmp_path / "b.json"

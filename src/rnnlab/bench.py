@@ -49,6 +49,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -103,19 +104,20 @@ def executed_flops(cell: str, layers: int, B: int, T: int, H: int, E: int) -> fl
 # the two training steps
 # ---------------------------------------------------------------------------------------------
 def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, seed: int = 0, cores: int = 1,
-                     split: bool = True):
+                     split: bool = True, lr: float = 1e-3, clip: float | None = None):
     """The step ``rnnlab train`` runs by default on a machine with ``cores`` cores: forward, loss
     and backward through :class:`rnnlab.lm.shards.BatchShards` with the shard count
-    :func:`~rnnlab.lm.shards.plan_shards` picks (``split=False``: one shard), then Adam. The
-    returned function has the count as ``.shards``."""
+    :func:`~rnnlab.lm.shards.plan_shards` picks (``split=False``: one shard), global-norm
+    clipping when ``clip`` is given, then Adam. The returned function has the count as
+    ``.shards``."""
     import numpy as np
 
     from .lm.shards import BatchShards, plan_shards
     from .models.recurrent_lm import RecurrentLM
-    from .optim import Adam
+    from .optim import Adam, clip_grad_norm
 
     model = RecurrentLM(V, cell, H, layers, E, rng=np.random.default_rng(seed))
-    opt = Adam(model.params, model.grads, lr=1e-3)
+    opt = Adam(model.params, model.grads, lr=lr)
     rng = np.random.default_rng(seed + 1)
     x = rng.integers(0, V, (T, B))
     y = rng.integers(0, V, (T, B))
@@ -123,6 +125,8 @@ def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, see
 
     def step():
         loss, _ = shards.step(x, y)
+        if clip is not None:
+            clip_grad_norm(model.grads, clip)
         opt.step()
         return loss
 
@@ -162,31 +166,12 @@ TRAINER = dict(cell="lstm", layers=2, H=256, E=64, B=32, T=100, clip=1.0)
 
 
 def make_trainer_step(seed: int = 0, cores: int = 1):
-    """What ``rnnlab train`` runs per step with its defaults on ``cores`` cores: forward, loss,
-    backward (split as :func:`~rnnlab.lm.shards.plan_shards` decides), global-norm clipping, Adam
-    (the schedule's bookkeeping is negligible)."""
-    import numpy as np
-
-    from .lm.shards import BatchShards, plan_shards
-    from .models.recurrent_lm import RecurrentLM
-    from .optim import Adam, clip_grad_norm
-
+    """What ``rnnlab train`` runs per step with its defaults on ``cores`` cores (the schedule's
+    bookkeeping is negligible): :func:`make_rnnlab_step` with :data:`TRAINER`'s shapes, its
+    learning rate and gradient clipping."""
     c = TRAINER
-    model = RecurrentLM(V, c["cell"], c["H"], c["layers"], c["E"], rng=np.random.default_rng(seed))
-    opt = Adam(model.params, model.grads, lr=3e-3)
-    rng = np.random.default_rng(seed + 1)
-    x = rng.integers(0, V, (c["T"], c["B"]))
-    y = rng.integers(0, V, (c["T"], c["B"]))
-    shards = BatchShards(model, plan_shards(model, c["B"], 0, cores))
-
-    def step():
-        loss, _ = shards.step(x, y)
-        clip_grad_norm(model.grads, c["clip"])
-        opt.step()
-        return loss
-
-    step.shards = shards.shards
-    return step
+    return make_rnnlab_step(c["cell"], c["layers"], c["B"], c["T"], c["H"], c["E"], seed=seed, cores=cores,
+                            lr=3e-3, clip=c["clip"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,11 +218,11 @@ def _block(step, k: int, threads: int, blas_threads: int | None = None) -> list[
     worker threads, then ``k`` timed steps back to back, as a trainer runs them. ``blas_threads``
     limits the BLAS for the block (the trainer holds one BLAS thread for a whole run when it
     splits the batch over threads)."""
-    from threadpoolctl import threadpool_limits
+    from .lm.shards import blas_limit
 
     if threads > 1:
         time.sleep(SETTLE_S)
-    with threadpool_limits(blas_threads or threads, user_api="blas"):
+    with blas_limit(blas_threads) if blas_threads else contextlib.nullcontext():
         step()
         times = []
         for _ in range(k):
@@ -406,7 +391,7 @@ def _machine() -> dict:
     import numpy
 
     info = {"cpu": model, "cores": os.cpu_count(), "simd": simd, "python": platform.python_version(),
-            "numpy": numpy.__version__, "platform": platform.platform()}
+            "numpy": numpy.__version__, "platform": platform.platform(), "import_s": _import_time()}
     try:
         import torch
 
@@ -422,6 +407,14 @@ def _machine() -> dict:
     return info
 
 
+def _import_time(reps: int = 3) -> float:
+    """Seconds ``import rnnlab`` takes in a fresh interpreter (best of ``reps``)."""
+    code = "import time; t = time.perf_counter(); import rnnlab; print(time.perf_counter() - t)"
+    env = _child_env(False, 1)
+    return min(float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                    check=True).stdout) for _ in range(reps))
+
+
 def _fmt_rate(x: float) -> str:
     return f"{x / 1e3:,.0f}k" if x >= 1e4 else f"{x:,.0f}"
 
@@ -431,7 +424,9 @@ def build_report(res: dict) -> str:
     lines = ["# Training-step benchmark: rnnlab vs PyTorch (CPU, float32)", ""]
     lines += [f"Command: `{res['command']}`", ""]
     lines += [f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd']) or 'no AVX2'}); Python {m['python']}, "
-              f"NumPy {m['numpy']}, PyTorch {m['torch']}, numba {m['numba']}. Date: {res['date']}.", ""]
+              f"NumPy {m['numpy']}, PyTorch {m['torch']}, numba {m['numba']}. Date: {res['date']}."
+              + (f" `import rnnlab`: {m['import_s']:.2f} s (best of 3, fresh interpreter)." if "import_s" in m else ""),
+              ""]
     lines += ["Step: ids (T, B) -> embedding (E; one-hot for D) -> recurrent (L layers) -> linear (V = 65) -> "
               "softmax cross-entropy -> backward -> Adam. rnnlab: `RecurrentLM` + `softmax_cross_entropy` + "
               "`Adam` through `BatchShards`, exactly what `rnnlab train` runs per step (without its gradient "

@@ -74,6 +74,20 @@ def plan_shards(model, batch: int, threads: int = 0, cores: int | None = None) -
     return max(1, n)
 
 
+_BLAS = None  # threadpoolctl's controller, made on first use
+
+
+def blas_limit(threads: int):
+    """A context manager that holds the BLAS libraries NumPy loaded at ``threads`` threads and
+    restores them on exit (threadpoolctl)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=threads, user_api="blas")
+
+
 def _split_state(state, lo: int, hi: int):
     if state is None:
         return None
@@ -105,11 +119,6 @@ class BatchShards:
         self.shards = 1 if backend.xp is not np else int(shards)
         self.replicas = [model] + [model.replica() for _ in range(self.shards - 1)]
         self._pool = ThreadPoolExecutor(self.shards - 1, thread_name_prefix="rnnlab-shard") if self.shards > 1 else None
-        self._blas = None
-        if self.shards > 1:
-            from threadpoolctl import ThreadpoolController
-
-            self._blas = ThreadpoolController()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -156,7 +165,7 @@ class BatchShards:
             rep.backward(dlogits, cache)
             return loss, state_n
 
-        with self._blas.limit(limits=1, user_api="blas"):
+        with blas_limit(1):
             futures = [self._pool.submit(run, j) for j in range(1, n)]
             results = [run(0)] + [f.result() for f in futures]
         grads = model.grads

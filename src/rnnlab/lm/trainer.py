@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .corpus import Corpus
 from .evaluate import evaluate
 from .rundir import RunDir
-from .shards import BatchShards, plan_shards
+from .shards import BatchShards, blas_limit, plan_shards
 
 FORMAT = "rnnlab-run"
 FORMAT_VERSION = 1
@@ -269,9 +269,9 @@ class Trainer:
         # for the whole run (evaluation included), since OpenBLAS's own idle workers, woken by any
         # multi-threaded call between steps, spin for a while and would compete with the shards.
         if self.shards > 1 and backend.xp is np:
-            blas = _blas_limit(1)
+            blas = blas_limit(1)
         elif cfg.threads > 0 and backend.xp is np:  # one shard: the BLAS gets the threads asked for
-            blas = _blas_limit(cfg.threads)
+            blas = blas_limit(cfg.threads)
         else:
             blas = contextlib.nullcontext()
         try:
@@ -389,12 +389,6 @@ class _StopFlag:
         for s, h in self._old.items():
             signal.signal(s, h)
         return False
-
-
-def _blas_limit(threads: int):
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(threads, user_api="blas")
 
 
 def _progress_bar(enabled: bool, by_time: bool, total: float, initial: float):

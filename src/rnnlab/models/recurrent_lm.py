@@ -60,7 +60,6 @@ class RecurrentLM(LanguageModel):
         # input GEMMs then run over the V vocabulary rows instead of the T*B steps.
         table = self.embed.weight if self.embed is not None else "onehot"
         h, state_n, rc = self.rnn.forward(x, state, lengths=lengths, rng=rng, embedding=table)  # (T, B, H)
-        ec = None
         drop = None
         if self.training and self.dropout > 0:
             if rng is None:
@@ -69,10 +68,10 @@ class RecurrentLM(LanguageModel):
             drop = xp.asarray(rng.random(h.shape) < keep).astype(self.param_dtype) / keep
             h = h * drop
         logits, lc = self.out.forward(h)  # (T, B, V)
-        return logits, state_n, (ec, rc, drop, lc)
+        return logits, state_n, (rc, drop, lc)
 
     def backward(self, dlogits, cache) -> None:
-        ec, rc, drop, lc = cache
+        rc, drop, lc = cache
         dh = self.out.backward(dlogits, lc)  # (T, B, H)
         if drop is not None:
             dh *= drop

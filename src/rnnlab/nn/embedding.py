@@ -10,6 +10,25 @@ from .cells import fused_kernels
 from .module import Module
 
 
+def check_ids(idx, V: int) -> None:
+    """Raise :class:`RnnlabError` when an id of ``idx`` lies outside ``[0, V)`` (data encoded
+    with another vocabulary)."""
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
+        raise RnnlabError(f"token id out of range [0, {V}) (got {int(idx.min())}..{int(idx.max())}): "
+                          "encode the data with the model's vocabulary")
+
+
+def gather_rows(table, idx, out):
+    """``out[...] = table[idx]`` for checked ids (:func:`check_ids`): ``table (V, E)``, ``idx
+    (...)``, ``out (..., E)``. NumPy writes straight into ``out`` (``mode="clip"`` never clips
+    checked ids; it is what lets ``take`` write ``out=``)."""
+    if backend.array_module(table) is np:
+        np.take(table, idx, axis=0, out=out, mode="clip")
+    else:
+        out[...] = table[idx]
+    return out
+
+
 def scatter_add_rows(target, idx, rows, method: str | None = None):
     """``target[idx[n]] += rows[n]`` for every ``n``, duplicates summed (like ``np.add.at``).
 
@@ -112,17 +131,9 @@ class Embedding(Module):
         xp = backend.array_module(idx)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"Embedding expects integer ids, got dtype {idx.dtype}")
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
-            raise RnnlabError(
-                f"token id out of range [0, {self.num_embeddings}) (got {int(idx.min())}.."
-                f"{int(idx.max())}): encode the data with the model's vocabulary"
-            )
-        if xp is np:  # ids checked above, so "clip" never clips; it lets take write out= directly
-            y = workspace.empty(idx.shape + (self.embedding_dim,), self.weight.dtype, xp)
-            np.take(self.weight, idx, axis=0, out=y, mode="clip")  # (..., E)
-        else:
-            y = xp.take(self.weight, idx, axis=0)  # (..., E)
-        return y, idx
+        check_ids(idx, self.num_embeddings)
+        y = workspace.empty(idx.shape + (self.embedding_dim,), self.weight.dtype, xp)  # (..., E)
+        return gather_rows(self.weight, idx, y), idx
 
     def backward(self, dy, cache):
         """Adds ``dW (V, E)`` into ``grads["weight"]``; returns ``None``."""

@@ -61,16 +61,24 @@ def _tanh_f32(x):
     return p / q
 
 
-def tanh(x):
-    """``tanh`` of one float, chosen by type at compile time (see the module docstring)."""
-    return math.tanh(x)
+def _by_float_width(f32, other, doc):
+    """A scalar function that numba compiles as ``f32`` for float32 arguments and as ``other``
+    for every other type (the choice is made at compile time, per signature)."""
+    def fn(x):
+        return other(x)
+
+    fn.__doc__ = doc
+
+    @overload(fn)
+    def _choose(x):
+        if isinstance(x, types.Float) and x.bitwidth == 32:
+            return lambda x: f32(x)
+        return lambda x: other(x)
+
+    return fn
 
 
-@overload(tanh)
-def _tanh_overload(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        return lambda x: _tanh_f32(x)
-    return lambda x: math.tanh(x)
+tanh = _by_float_width(_tanh_f32, math.tanh, "``tanh`` of one float (see the module docstring).")
 
 
 @register_jitable
@@ -277,16 +285,7 @@ def _exp_f32_nonpos(x):
     return p * sc
 
 
-def exp_nonpos(x):
-    """``exp(x)`` for ``x <= 0``, chosen by type at compile time."""
-    return math.exp(x)
-
-
-@overload(exp_nonpos)
-def _exp_nonpos_overload(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        return lambda x: _exp_f32_nonpos(x)
-    return lambda x: math.exp(x)
+exp_nonpos = _by_float_width(_exp_f32_nonpos, math.exp, "``exp(x)`` for ``x <= 0``.")
 
 
 @njit(**_OPTS)

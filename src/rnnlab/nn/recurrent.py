@@ -38,8 +38,7 @@ import numpy as np
 from .. import backend
 from . import cells
 from . import init as winit
-from ..errors import RnnlabError
-from .embedding import scatter_add_rows
+from .embedding import check_ids, gather_rows, scatter_add_rows
 from .module import Module
 from .workspace import empty as _ws_empty
 
@@ -270,9 +269,7 @@ class _Recurrent(Module):
             if table.ndim != 2 or table.shape[1] != self.input_size:
                 raise ValueError(f"embedding table must have shape (V, {self.input_size}), got {tuple(table.shape)}")
             V = table.shape[0]
-        if x.size and (int(x.min()) < 0 or int(x.max()) >= V):
-            raise RnnlabError(f"token id out of range [0, {V}) (got {int(x.min())}..{int(x.max())}): "
-                              "encode the data with the model's vocabulary")
+        check_ids(x, V)
         return _Ids(x, table, V, self.input_size)
 
     def _p(self, k, d):
@@ -283,21 +280,16 @@ class _Recurrent(Module):
         n = self.names[k][d]
         return {role: self.grads[name] for role, name in n.items()}
 
-    def _input_projection(self, xp, inp, p, out=None):
-        """``(T, B, I) -> (T, B, G*H)``: ``x W_xh^T`` for all steps as one GEMM (into ``out``, a
-        C-contiguous ``(T, B, G*H)`` array, when given). The bias ``b_h`` is added by the step
-        kernels, which read this array anyway."""
+    def _input_projection(self, xp, inp, p, out):
+        """``(T, B, I) -> (T, B, G*H)``: ``x W_xh^T`` for all steps as one GEMM, into ``out``, a
+        C-contiguous ``(T, B, G*H)`` array. The bias ``b_h`` is added by the step kernels, which
+        read this array anyway."""
         T, B, I = inp.shape
-        if out is None:
-            out = _ws(xp, (T, B, p["W_xh"].shape[0]), self.param_dtype)
         out2 = out.reshape(T * B, -1)  # (T*B, G*H)
         if isinstance(inp, _Ids):  # a row gather from the (V, G*H) table of projections
             w_t = p["W_xh"].T  # (I, G*H)
             proj = xp.ascontiguousarray(w_t) if inp.table is None else xp.matmul(inp.table, w_t)  # (V, G*H)
-            if xp is np:
-                np.take(proj, inp.flat, axis=0, out=out2, mode="clip")  # ids checked in forward
-            else:
-                out2[...] = proj[inp.flat]
+            gather_rows(proj, inp.flat, out2)  # ids checked in forward
             return out
         xp.matmul(inp.reshape(T * B, I), p["W_xh"].T, out=out2)
         return out
@@ -336,7 +328,6 @@ class _Recurrent(Module):
         if cache.get("consumed"):
             raise ValueError("this cache was already used by backward (which overwrites the saved gates with "
                              "their gradients); run forward again")
-        cache["consumed"] = True
         T, B = cache["T"], cache["B"]
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         first_in = cache["layers"][0]["input"]
@@ -354,6 +345,7 @@ class _Recurrent(Module):
                 dh_n, dc_n = dstate_n
             else:
                 dh_n = dstate_n
+        cache["consumed"] = True  # the arguments are checked: from here on the saved gates are overwritten
         dh0 = self._zeros_state(xp, B)
         dc0 = self._zeros_state(xp, B) if self.has_cell_state else None
         keep, mf = cache["keep"], cache["mf"]
