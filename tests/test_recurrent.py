@@ -316,6 +316,8 @@ def test_a_cache_serves_one_backward(cell):
     layer = cell(2, 3, num_layers=2, bidirectional=True, dtype=np.float64, rng=np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((5, 2, 2))
     y, _, c = layer.forward(x)
+    with pytest.raises(ValueError, match="dy must have shape"):  # refused arguments leave the cache usable
+        layer.backward(np.ones((5, 2, 1)), None, c)
     layer.backward(np.ones_like(y), None, c)
     with pytest.raises(ValueError, match="already used by backward.*run forward again"):
         layer.backward(np.ones_like(y), None, c)
