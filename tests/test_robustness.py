@@ -285,13 +285,15 @@ def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, cli
     assert temporaries(run) == []
 
 
-def test_a_huge_learning_rate_is_caught_in_one_line(text, tmp_path):
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_huge_learning_rate_is_caught_in_one_line(threads, text, tmp_path):
     """For real, in a subprocess: --lr 1e30 without clipping overflows float32. One line on stderr
-    (NumPy's overflow warnings are silenced), exit 2, and no checkpoint of the broken model."""
+    (NumPy's overflow warnings are silenced, in the shard threads too), exit 2, and no checkpoint
+    of the broken model."""
     run = tmp_path / "run"
     p = subprocess.run([entry_point(), "train", str(text), "--out", str(run), *TINY, "--optimizer", "sgd",
                         "--lr", "1e30", "--clip", "0", "--schedule", "constant", "--max-steps", "50",
-                        "--eval-every", "3"], capture_output=True, text=True, timeout=120)
+                        "--eval-every", "3", "--threads", threads], capture_output=True, text=True, timeout=120)
     assert_one_line_error(p.returncode, p.stdout, p.stderr, "training diverged", "lower --lr", "--clip")
     assert list((run / "checkpoints").iterdir()) == []
 

@@ -149,8 +149,13 @@ class BatchShards:
         weight = model.param_dtype.type(1) / model.param_dtype.type(max(count, 1))  # each item's 1/N
         bounds = [(B * j) // n for j in range(n + 1)]
         seeds = rng.integers(0, 2**63, size=n) if rng is not None else [None] * n
+        err = np.geterr()  # the caller's floating-point error handling holds in the workers too
 
         def run(j):
+            with np.errstate(**err):
+                return shard(j)
+
+        def shard(j):
             lo, hi = bounds[j], bounds[j + 1]
             rep = self.replicas[j]
             if rep.training != model.training:
