@@ -6,6 +6,7 @@ import pytest
 
 from rnnlab.lm.shards import BatchShards, plan_shards
 from rnnlab.models import build_model
+from rnnlab.nn import cells
 from rnnlab.nn.losses import softmax_cross_entropy
 
 V = 13
@@ -169,10 +170,25 @@ def test_replica_shares_parameters_and_owns_gradients():
     ({"model": "rnn", "hidden": 4}, 32, 3, 1, 3),       # asked for: exactly that many
     ({"model": "bigram"}, 2, 5, 1, 2),                  # ... but at most one per row
 ])
-def test_plan_shards(cfg, batch, threads, cores, want):
+def test_plan_shards_python_loop(cfg, batch, threads, cores, want, monkeypatch):
+    monkeypatch.setattr(cells, "sequence_loops", lambda xp, dtype: None)
     extra = {} if cfg["model"] == "bigram" else {"layers": 1, "embed": 8}
     model = build_model({**extra, **cfg, "vocab_size": V})
     assert plan_shards(model, batch, threads, cores) == want
+
+
+@pytest.mark.parametrize("cfg, batch, cores, want", [
+    ({"model": "lstm", "hidden": 128}, 32, 2, 2),       # 16 rows x 4*128*128 = 2^20 >= 2^18
+    ({"model": "rnn", "hidden": 128}, 32, 2, 2),        # 16 rows x 128*128 = 2^18
+    ({"model": "rnn", "hidden": 128}, 32, 4, 2),        # 8 rows would be 2^17
+    ({"model": "rnn", "hidden": 64}, 64, 2, 1),         # 32 rows x 64*64 = 2^17
+    ({"model": "lstm", "hidden": 256}, 7, 8, 1),        # fewer than 8 rows per shard
+])
+def test_plan_shards_compiled_loops(cfg, batch, cores, want, monkeypatch):
+    """With the GIL-free compiled loops, smaller steps are worth splitting."""
+    monkeypatch.setattr(cells, "sequence_loops", lambda xp, dtype: object())
+    model = build_model({"layers": 1, "embed": 8, **cfg, "vocab_size": V})
+    assert plan_shards(model, batch, 0, cores) == want
 
 
 def test_resume_keeps_the_shard_count_of_the_checkpoint(tmp_path, capsys, monkeypatch):
@@ -187,7 +203,7 @@ def test_resume_keeps_the_shard_count_of_the_checkpoint(tmp_path, capsys, monkey
     opts = ["--model", "gru", "--layers", "1", "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8",
             "--eval-every", "2", "--quiet", "--threads", "0", "--schedule", "constant"]
     monkeypatch.setattr(shards, "usable_cores", lambda: 2)
-    monkeypatch.setattr(shards, "MIN_STEP_WORK", 0)  # split even this tiny model
+    monkeypatch.setattr(shards, "_min_step_work", lambda model: 0)  # split even this tiny model
     assert main(["train", str(text), "--out", str(tmp_path / "straight"), *opts, "--max-steps", "6"]) == 0
     assert main(["train", str(text), "--out", str(tmp_path / "resumed"), *opts, "--max-steps", "3"]) == 0
     first = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")[1]

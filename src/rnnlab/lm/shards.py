@@ -20,8 +20,9 @@ Why: a recurrent step is a chain of small GEMMs with ``B`` rows. A BLAS library 
 them over its threads with a synchronisation per call and little work per thread, which scales
 poorly; whole independent halves of the batch, each on one core with single-threaded BLAS,
 scale much better (measurements in docs/benchmarks.md). While shards run, the BLAS is limited to
-one thread (threadpoolctl) and restored afterwards. The NumPy calls, the numba kernels
-(compiled ``nogil``) and the GEMMs release the GIL; only the short Python loop over time holds it.
+one thread (threadpoolctl) and restored afterwards. With the compiled loops over time
+(:mod:`rnnlab.nn.timeloop`) a shard's whole recurrence runs without the GIL; without them the
+NumPy calls and the numba kernels release it, and only the short Python loop over time holds it.
 
 State convention: a model's carried state (:meth:`LanguageModel.initial_state`) is ``None``, an
 array or a tuple of arrays, each with the batch on axis 1, which is how it is split and joined.
@@ -35,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import backend
+from ..nn import cells
 from ..nn.losses import softmax_cross_entropy
 
 
@@ -51,10 +53,21 @@ MIN_ROWS = 8
 
 MIN_STEP_WORK = 1 << 21
 """Fewest multiply-adds in one shard's per-step recurrent GEMM (rows x G*H x H) that automatic
-planning splits for: below it, handing the GIL and waking threads at every time step costs more
-than the second core gives. Measured on 2 cores (docs/benchmarks.md): with H = 128 and 16 rows
-per shard (up to 1M multiply-adds) the split step was as fast or slower than the unsplit one on
-two BLAS threads; from H = 256 with 32 rows (2M) on it was faster."""
+planning splits for when the layers loop over time in Python: below it, handing the GIL and
+waking threads at every time step costs more than the second core gives. Measured on 2 cores
+(docs/benchmarks.md): with H = 128 and 16 rows per shard (up to 1M multiply-adds) the split step
+was as fast or slower than the unsplit one on two BLAS threads; from H = 256 with 32 rows (2M) on
+it was faster."""
+
+MIN_STEP_WORK_COMPILED = 1 << 18
+"""The same floor when the layers run the compiled loops over time (:mod:`rnnlab.nn.timeloop`),
+which hold no GIL: then the threads meet once per training step, not once per time step, and
+splitting paid off from 16 rows of H = 128 (2^18 multiply-adds for the RNN) on, on 2 cores."""
+
+
+def _min_step_work(model) -> int:
+    compiled = cells.sequence_loops(np, model.param_dtype) is not None
+    return MIN_STEP_WORK_COMPILED if compiled else MIN_STEP_WORK
 
 
 def plan_shards(model, batch: int, threads: int = 0, cores: int | None = None) -> int:
@@ -69,7 +82,8 @@ def plan_shards(model, batch: int, threads: int = 0, cores: int | None = None) -
     if gates is None:
         return 1
     n = min(usable_cores() if cores is None else cores, batch // MIN_ROWS)
-    while n > 1 and (batch // n) * gates * model.hidden * model.hidden < MIN_STEP_WORK:
+    floor = _min_step_work(model) if n > 1 else 0
+    while n > 1 and (batch // n) * gates * model.hidden * model.hidden < floor:
         n -= 1
     return max(1, n)
 

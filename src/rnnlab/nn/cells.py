@@ -87,6 +87,18 @@ def fused_kernels(xp, dtype):
     return None
 
 
+def sequence_loops(xp, dtype):
+    """The compiled whole-sequence loops of :mod:`rnnlab.nn.timeloop` (GEMM and step kernel of
+    every time step in one call without the GIL) for NumPy float32/float64 arrays when the numba
+    kernels are in use and NumPy's OpenBLAS was found; else ``None``, and the layers loop over
+    time in Python, calling :func:`kernels_for`'s kernels."""
+    if fused_kernels(xp, dtype) is None:
+        return None
+    from . import timeloop  # numba, compiled on first use
+
+    return timeloop.loops_for(dtype)
+
+
 def kernels_for(xp, dtype):
     """The step kernels for arrays of module ``xp`` and ``dtype``: the numba set for NumPy
     float32/float64 (when :func:`numba_enabled`), the fused CUDA set of :mod:`rnnlab.nn.cuda` for

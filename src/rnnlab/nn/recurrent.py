@@ -430,6 +430,12 @@ class _Recurrent(Module):
     def _kernels(self, xp):
         return cells.kernels_for(xp, self.param_dtype)
 
+    def _loops(self, xp, w_hh):
+        """The compiled loops over time (:func:`cells.sequence_loops`) when they apply to these
+        arrays, else None (the Python loop below each call runs the same steps)."""
+        loops = cells.sequence_loops(xp, self.param_dtype)
+        return loops if loops is not None and w_hh.flags.c_contiguous else None
+
     def _dstate(self, xp, d_n, B):
         """A fresh ``(B, H)`` buffer holding ``d_n`` (zeros when None), updated by the loop."""
         if d_n is None:
@@ -496,12 +502,16 @@ class RNN(_Recurrent):
         whh_t, b = p["W_hh"].T, p.get("b_h")
         tmp = xp.empty((B, H), self.param_dtype)
         relu = self.nonlinearity == "relu"
-        for t, ip, ic in self._steps(T, reverse):
-            xp.matmul(S[ip], whh_t, out=tmp)
-            cur = S[ic]
-            K.rnn_forward(cur, tmp, b, relu, cur)
-            if keep is not None:
-                xp.copyto(cur, S[ip], where=keep[t])
+        loops = self._loops(xp, p["W_hh"])
+        if loops is not None:
+            loops.rnn_forward(S, p["W_hh"], b, relu, keep, reverse, tmp)
+        else:
+            for t, ip, ic in self._steps(T, reverse):
+                xp.matmul(S[ip], whh_t, out=tmp)
+                cur = S[ic]
+                K.rnn_forward(cur, tmp, b, relu, cur)
+                if keep is not None:
+                    xp.copyto(cur, S[ip], where=keep[t])
         return {"S": S}
 
     def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, m, reverse, dinp, first):
@@ -513,12 +523,16 @@ class RNN(_Recurrent):
         dnext = self._dstate(xp, dh_n, B)
         w_hh = p["W_hh"]
         relu = self.nonlinearity == "relu"
-        for t, ip, ic in reversed(self._steps(T, reverse)):
-            K.rnn_backward(None if dy is None else dy[t], dnext, None if m is None else m[t], S[ic], relu,
-                           DH[t], dA[t])
-            xp.matmul(dA[t], w_hh, out=dnext)
-            if keep is not None:
-                xp.copyto(dnext, DH[t], where=keep[t])
+        loops = self._loops(xp, w_hh)
+        if loops is not None:
+            loops.rnn_backward(dy, dnext, m, S, relu, w_hh, keep, reverse, DH, dA)
+        else:
+            for t, ip, ic in reversed(self._steps(T, reverse)):
+                K.rnn_backward(None if dy is None else dy[t], dnext, None if m is None else m[t], S[ic], relu,
+                               DH[t], dA[t])
+                xp.matmul(dA[t], w_hh, out=dnext)
+                if keep is not None:
+                    xp.copyto(dnext, DH[t], where=keep[t])
         hprev = S[1:] if reverse else S[:-1]
         self._weight_grads(xp, dA, inp, hprev, p, g, dinp, first)
         return DH, dnext, None
@@ -547,12 +561,16 @@ class LSTM(_Recurrent):
         C[T if reverse else 0] = c0
         whh_t, b = p["W_hh"].T, p.get("b_h")
         tmp = xp.empty((B, 4 * H), self.param_dtype)
-        for t, ip, ic in self._steps(T, reverse):
-            xp.matmul(S[ip], whh_t, out=tmp)
-            K.lstm_forward(A[t], tmp, b, C[ip], C[ic], TC[t], S[ic])
-            if keep is not None:
-                xp.copyto(S[ic], S[ip], where=keep[t])
-                xp.copyto(C[ic], C[ip], where=keep[t])
+        loops = self._loops(xp, p["W_hh"])
+        if loops is not None:
+            loops.lstm_forward(A, S, C, TC, p["W_hh"], b, keep, reverse, tmp)
+        else:
+            for t, ip, ic in self._steps(T, reverse):
+                xp.matmul(S[ip], whh_t, out=tmp)
+                K.lstm_forward(A[t], tmp, b, C[ip], C[ic], TC[t], S[ic])
+                if keep is not None:
+                    xp.copyto(S[ic], S[ip], where=keep[t])
+                    xp.copyto(C[ic], C[ip], where=keep[t])
         return {"S": S, "C": C, "A": A, "Abuf": Abuf, "TC": TC}
 
     def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, m, reverse, dinp, first):
@@ -564,12 +582,16 @@ class LSTM(_Recurrent):
         dnext = self._dstate(xp, dh_n, B)
         dcell = self._dstate(xp, dc_n, B)  # dL/dc_t, updated in place by the kernel
         w_hh = p["W_hh"]
-        for t, ip, ic in reversed(self._steps(T, reverse)):
-            K.lstm_backward(None if dy is None else dy[t], dnext, None if m is None else m[t], dcell, A[t], C[ip],
-                            TC[t], DH[t], dA[t])
-            xp.matmul(dA[t], w_hh, out=dnext)
-            if keep is not None:
-                xp.copyto(dnext, DH[t], where=keep[t])
+        loops = self._loops(xp, w_hh)
+        if loops is not None:
+            loops.lstm_backward(dy, dnext, m, dcell, A, C, TC, w_hh, keep, reverse, DH, dA)
+        else:
+            for t, ip, ic in reversed(self._steps(T, reverse)):
+                K.lstm_backward(None if dy is None else dy[t], dnext, None if m is None else m[t], dcell, A[t], C[ip],
+                                TC[t], DH[t], dA[t])
+                xp.matmul(dA[t], w_hh, out=dnext)
+                if keep is not None:
+                    xp.copyto(dnext, DH[t], where=keep[t])
         hprev = S[1:] if reverse else S[:-1]
         self._weight_grads(xp, dA, inp, hprev, p, g, dinp, first)
         return DH, dnext, dcell
@@ -596,11 +618,15 @@ class GRU(_Recurrent):
         S[T if reverse else 0] = h0
         whh_t, b, b_hn = p["W_hh"].T, p.get("b_h"), p.get("b_hn")
         hh = xp.empty((B, 3 * H), self.param_dtype)
-        for t, ip, ic in self._steps(T, reverse):
-            xp.matmul(S[ip], whh_t, out=hh)
-            K.gru_forward(A[t], hh, b, b_hn, S[ip], HN[t], S[ic])
-            if keep is not None:
-                xp.copyto(S[ic], S[ip], where=keep[t])
+        loops = self._loops(xp, p["W_hh"])
+        if loops is not None:
+            loops.gru_forward(A, S, HN, p["W_hh"], b, b_hn, keep, reverse, hh)
+        else:
+            for t, ip, ic in self._steps(T, reverse):
+                xp.matmul(S[ip], whh_t, out=hh)
+                K.gru_forward(A[t], hh, b, b_hn, S[ip], HN[t], S[ic])
+                if keep is not None:
+                    xp.copyto(S[ic], S[ip], where=keep[t])
         return {"S": S, "A": A, "Abuf": Abuf, "HN": HN}
 
     def _backward_dir(self, xp, dy, dh_n, dc_n, dc, inp, p, g, keep, m, reverse, dinp, first):
@@ -613,12 +639,16 @@ class GRU(_Recurrent):
         dnext = self._dstate(xp, dh_n, B)  # dL/dh_t through W_hh (the GEMM's output)
         direct = xp.zeros((B, H), self.param_dtype)  # dL/dh_t that bypasses W_hh (dh * z)
         w_hh = p["W_hh"]
-        for t, ip, ic in reversed(self._steps(T, reverse)):
-            K.gru_backward(None if dy is None else dy[t], dnext, direct, None if m is None else m[t], A[t], HN[t],
-                           S[ip], DH[t], dHH[t], dAn[t])
-            xp.matmul(dHH[t], w_hh, out=dnext)
-            if keep is not None:
-                xp.copyto(dnext, DH[t], where=keep[t])
+        loops = self._loops(xp, w_hh)
+        if loops is not None:
+            loops.gru_backward(dy, dnext, direct, m, A, HN, S, w_hh, keep, reverse, DH, dHH, dAn)
+        else:
+            for t, ip, ic in reversed(self._steps(T, reverse)):
+                K.gru_backward(None if dy is None else dy[t], dnext, direct, None if m is None else m[t], A[t], HN[t],
+                               S[ip], DH[t], dHH[t], dAn[t])
+                xp.matmul(dHH[t], w_hh, out=dnext)
+                if keep is not None:
+                    xp.copyto(dnext, DH[t], where=keep[t])
         dnext += direct
         hprev = (S[1:] if reverse else S[:-1]).reshape(T * B, H)  # (T*B, H)
         dHH2 = dHH.reshape(T * B, 3 * H)  # (T*B, 3H)
