@@ -178,10 +178,11 @@ def test_plan_shards_python_loop(cfg, batch, threads, cores, want, monkeypatch):
 
 
 @pytest.mark.parametrize("cfg, batch, cores, want", [
-    ({"model": "lstm", "hidden": 128}, 32, 2, 2),       # 16 rows x 4*128*128 = 2^20 >= 2^18
-    ({"model": "rnn", "hidden": 128}, 32, 2, 2),        # 16 rows x 128*128 = 2^18
-    ({"model": "rnn", "hidden": 128}, 32, 4, 2),        # 8 rows would be 2^17
-    ({"model": "rnn", "hidden": 64}, 64, 2, 1),         # 32 rows x 64*64 = 2^17
+    ({"model": "lstm", "hidden": 128}, 32, 2, 2),       # 16 rows x 4*128*128 = 2^20 >= 2^19
+    ({"model": "gru", "hidden": 128}, 32, 2, 2),        # 16 rows x 3*128*128 = 786k
+    ({"model": "rnn", "hidden": 128}, 32, 2, 1),        # 16 rows x 128*128 = 2^18 < 2^19
+    ({"model": "rnn", "hidden": 128}, 64, 4, 2),        # 32 rows: 2^19; 16 rows would be 2^18
+    ({"model": "lstm", "hidden": 128}, 32, 4, 4),       # 8 rows x 4*128*128 = 2^19: one per core
     ({"model": "lstm", "hidden": 256}, 7, 8, 1),        # fewer than 8 rows per shard
 ])
 def test_plan_shards_compiled_loops(cfg, batch, cores, want, monkeypatch):

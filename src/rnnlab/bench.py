@@ -233,6 +233,7 @@ def _block(step, k: int, threads: int, blas_threads: int | None = None) -> list[
 
 
 def child_time(spec: dict) -> dict:
+    import numpy as np
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -241,7 +242,9 @@ def child_time(spec: dict) -> dict:
     threads = spec["threads"]
     torch.set_num_threads(threads)
     numba_on = cells.numba_enabled()
+    loops_on = cells.sequence_loops(np, np.dtype(np.float32)) is not None
     out = {"threads": threads, "env": {k: os.environ.get(k) for k in BLAS_VARS}, "numba": numba_on,
+           "loops": loops_on,
            "blas": _blas_info(), "torch_threads": torch.get_num_threads(),
            "torch_cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(),
            "load_start": os.getloadavg(), "rows": []}
@@ -442,7 +445,8 @@ def build_report(res: dict) -> str:
                              f"{b['num_threads']} thread(s)" for b in run["blas"] if b["user_api"] == "blas")
             lines.append(f"- {label}, {th} thread(s): BLAS seen by threadpoolctl: {blas}; float32 GEMM peak "
                          f"{run['gemm_peak']:.1f} GFLOP/s (best of before/after the rows: "
-                         f"{run.get('gemm_peak_before', run['gemm_peak']):.1f} / {run.get('gemm_peak_after', run['gemm_peak']):.1f}); numba kernels {'on' if run['numba'] else 'OFF'}; "
+                         f"{run.get('gemm_peak_before', run['gemm_peak']):.1f} / {run.get('gemm_peak_after', run['gemm_peak']):.1f}); numba kernels {'on' if run['numba'] else 'OFF'}"
+                         f"{'' if 'loops' not in run else ', compiled loops over time ' + ('on' if run['loops'] else 'OFF')}; "
                          f"load average {run['load_start'][0]:.1f} -> {run['load_end'][0]:.1f}.")
     lines.append("")
     lines += ["Columns: rnnlab runs what `rnnlab train` runs by default on thr cores: where "
