@@ -24,6 +24,8 @@ def _openblas_loaded() -> bool:
 
 
 needs_openblas = pytest.mark.skipif(not _openblas_loaded(), reason="NumPy does not use OpenBLAS here")
+needs_loops = pytest.mark.skipif(not (_openblas_loaded() and cells.numba_enabled()),
+                                 reason="no OpenBLAS, or the numba kernels are off (RNNLAB_NO_NUMBA)")
 
 
 def _run(layer_cls, dtype, *, bidir, lengths, bias, dy_given, kw):
@@ -54,7 +56,7 @@ CASES = [
 ]
 
 
-@needs_openblas
+@needs_loops
 @pytest.mark.parametrize("layer_cls, kw", CASES, ids=["rnn", "rnn-relu", "lstm", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bidir, lengths, bias, dy_given", [
@@ -116,7 +118,7 @@ def test_a_failed_self_check_disables_the_loops(monkeypatch):
     assert timeloop.loops_for(np.float64) is None
 
 
-@needs_openblas
+@needs_loops
 def test_loops_run_in_parallel_threads_without_interference():
     """Each loop holds no GIL; two threads running separate layers at once get what each gets
     alone (what the batch split over threads relies on)."""

@@ -26,6 +26,8 @@ Never imported at ``import rnnlab``; :func:`loops_for` is the entry point, and `
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -64,7 +66,9 @@ def _gemm(typingctx, addr, width, trans_b, a, b, c):
         _, n = cgutils.unpack_tuple(builder, C.shape, 2)
 
         def w(v):  # intp -> the BLAS's integer
-            return builder.trunc(v, iw) if iw.width < v.type.width else v
+            if iw.width < v.type.width:
+                return builder.trunc(v, iw)
+            return builder.sext(v, iw) if iw.width > v.type.width else v
 
         trans = builder.select(context.cast(builder, trans_v, trans_b, types.boolean),
                                i32(_TRANS), i32(_NO_TRANS))
@@ -184,23 +188,19 @@ def _probe(addr, width, a, b, c_nt, c_nn):
 
 
 # ------------------------------------------------------------------------------ entry point
+def _width(bits: int):
+    """The ``width`` argument of the loops: a value of the BLAS's integer type."""
+    return np.int64(0) if bits == 64 else np.int32(0)
+
+
 class Loops:
     """The loops above bound to one dtype's GEMM: ``loops.lstm_forward(A, S, ...)`` takes the
     arguments of the compiled function after ``addr, width``."""
 
     def __init__(self, addr: int, bits: int):
-        self._args = (addr, np.int64(0) if bits == 64 else np.int32(0))
-        for name in ("rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
-            setattr(self, name, self._bind(globals()[name]))
-
-    def _bind(self, fn):
-        addr, width = self._args
-
-        def call(*args):
-            fn(addr, width, *args)
-
-        call.__name__ = fn.__name__
-        return call
+        width = _width(bits)
+        for fn in (rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward):
+            setattr(self, fn.__name__, functools.partial(fn, addr, width))
 
 
 _LOOPS: dict = {}
@@ -212,7 +212,7 @@ def _self_check(addr, bits, dtype) -> bool:
     a = rng.standard_normal((3, 5)).astype(dtype)
     b = rng.standard_normal((7, 5)).astype(dtype)
     c_nt, c_nn = np.zeros((3, 7), dtype), np.zeros((3, 7), dtype)
-    _probe(addr, np.int64(0) if bits == 64 else np.int32(0), a, b, c_nt, c_nn)
+    _probe(addr, _width(bits), a, b, c_nt, c_nn)
     want = a @ b.T
     tol = 1e-5 if dtype == np.float32 else 1e-12
     return bool(np.allclose(c_nt, want, rtol=tol, atol=tol) and np.allclose(c_nn, want, rtol=tol, atol=tol))
