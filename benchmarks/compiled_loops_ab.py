@@ -4,7 +4,7 @@
     python benchmarks/compiled_loops_ab.py lstm 1 A [--steps 4 --rounds 5]
 
 Without the loops the layers run their Python loop over time with the same numba step kernels
-and the same GEMMs (the results are bit-identical). Runs with OPENBLAS_CORETYPE and
+and the same GEMMs (the results are bit-identical from two rows per shard on). Runs with OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE as the environment has them; unset both in the command to measure NumPy's
 GEMMs at full speed, as bench_train_step.py does.
 """

@@ -88,27 +88,97 @@ def test_blas_lookup_finds_numpys_openblas():
     assert blas.gemm_address(np.int32) is None and blas.gemm_address(np.float16) is None
 
 
-def test_no_openblas_means_no_compiled_loops_and_the_layer_still_runs(monkeypatch):
-    """MKL, Accelerate or BLIS: nothing to call, so the layers run their Python loop."""
-    from threadpoolctl import ThreadpoolController
+class _FakeLib:
+    def __init__(self, api, path):
+        self.internal_api, self.filepath, self.dynlib = api, path, None
 
-    class FakeMKL:
-        internal_api, filepath, dynlib = "mkl", "/nowhere/libmkl_rt.so", None
 
-    class FakeController(ThreadpoolController):
-        def __init__(self):
-            self.lib_controllers = [FakeMKL()]
+def test_only_numpys_own_openblas_is_chosen(monkeypatch):
+    """The library inside NumPy's installation wins; a NumPy on another BLAS gets nothing, even
+    with some other package's OpenBLAS loaded; a system OpenBLAS counts only when it is the one."""
+    import os
 
-    monkeypatch.setattr("threadpoolctl.ThreadpoolController", FakeController)
-    assert blas._find.__wrapped__() == {}
+    site = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
+    wheel = _FakeLib("openblas", os.path.join(site, "numpy.libs", "libscipy_openblas64_-x.so"))
+    scipys = _FakeLib("openblas", os.path.join(site, "scipy.libs", "libscipy_openblas-y.so"))
+    system = _FakeLib("openblas", "/usr/lib/libopenblas.so.0")
+    mkl = _FakeLib("mkl", "/usr/lib/libmkl_rt.so")
+    pick = blas._numpys_openblas
+    monkeypatch.setattr(blas, "_numpy_blas_name", lambda: "scipy-openblas")
+    assert pick([scipys, wheel]) is wheel
+    assert pick([mkl]) is None and pick([]) is None
+    assert pick([system]) is system
+    assert pick([system, scipys]) is None  # two candidates, neither in NumPy's folder: unsure
+    monkeypatch.setattr(blas, "_numpy_blas_name", lambda: "mkl")
+    assert pick([mkl, scipys]) is None
+
+
+def test_without_numpys_openblas_the_layers_run_the_python_loop(monkeypatch):
     monkeypatch.setattr(blas, "gemm_address", lambda dtype: None)
     monkeypatch.setattr(timeloop, "_LOOPS", {})
     assert timeloop.loops_for(np.float32) is None and cells.sequence_loops(np, np.dtype(np.float32)) is None
+    calls = []
+    real = cells.kernels_for
+
+    def counting(xp, dtype):  # the Python loop asks for the step kernels; the compiled one does not
+        calls.append(dtype)
+        return real(xp, dtype)
+
+    monkeypatch.setattr(cells, "kernels_for", counting)
     lstm = LSTM(3, 4, dtype=np.float32, rng=np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((5, 2, 3)).astype(np.float32)
     y, _, cache = lstm.forward(x)
     dx, _ = lstm.backward(np.ones_like(y), None, cache)
-    assert np.isfinite(y).all() and np.abs(y).max() > 0 and np.abs(dx).max() > 0
+    assert calls and np.isfinite(y).all() and np.abs(dx).max() > 0
+
+
+def test_a_lookup_that_raises_falls_back_with_one_warning(monkeypatch):
+    def broken(dtype):
+        raise OSError("no such symbol")
+
+    monkeypatch.setattr(timeloop, "_LOOPS", {})
+    monkeypatch.setattr(blas, "gemm_address", broken)
+    with pytest.warns(RuntimeWarning, match="using the Python loop"):
+        assert timeloop.loops_for(np.float32) is None
+    assert timeloop.loops_for(np.float32) is None  # decided once: no second warning, no second try
+
+
+@needs_loops
+def test_mismatched_gemm_shapes_raise_instead_of_overrunning():
+    loops = timeloop.loops_for(np.float32)
+    T, B, H = 3, 2, 4
+    A = np.zeros((T, B, 4 * H), np.float32)
+    S, C = np.zeros((T + 1, B, H), np.float32), np.zeros((T + 1, B, H), np.float32)
+    TC, tmp = np.zeros((T, B, H), np.float32), np.zeros((B, 4 * H), np.float32)
+    with pytest.raises(ValueError, match="mismatched shapes"):
+        loops.lstm_forward(A, S, C, TC, np.zeros((4 * H, H + 1), np.float32), None, None, False, tmp)
+
+
+@needs_loops
+@pytest.mark.parametrize("layer_cls", [RNN, LSTM, GRU])
+@pytest.mark.parametrize("B", [1, 3])
+def test_one_row_and_fortran_ordered_state_gradients(layer_cls, B, monkeypatch):
+    """A state gradient in Fortran order is accepted like any other. With one row NumPy's matmul
+    is a matrix-vector product, so there the two paths agree to rounding only."""
+    H, T = 16, 6
+
+    def run():
+        layer = layer_cls(3, H, dtype=np.float64, rng=np.random.default_rng(0))
+        x = np.random.default_rng(1).standard_normal((T, B, 3))
+        y, state_n, cache = layer.forward(x)
+        d = np.asfortranarray(np.random.default_rng(2).standard_normal((1, B, H)))
+        assert B == 1 or not d.flags.c_contiguous
+        dstate = (d, d) if layer_cls is LSTM else d
+        dx, dstate0 = layer.backward(np.ones_like(y), dstate, cache)
+        return [y, dx, layer.grads["W_hh_l0"].copy(), *(dstate0 if layer_cls is LSTM else [dstate0])]
+
+    compiled = run()
+    monkeypatch.setattr(cells, "sequence_loops", lambda xp, dt: None)
+    for a, b in zip(compiled, run()):
+        if B == 1:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        else:
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_failed_self_check_disables_the_loops(monkeypatch):

@@ -61,7 +61,7 @@ it was faster."""
 
 MIN_STEP_WORK_COMPILED = 1 << 19
 """The same floor when the layers run the compiled loops over time (:mod:`rnnlab.nn.timeloop`),
-which hold no GIL, so the threads meet once per training step instead of once per time step.
+which hold no GIL, so the shards' threads contend for it between layers, not at every time step.
 Measured on 2 cores at config A (B = 32, H = 128, 16 rows per shard): the split step was faster
 than the unsplit one for the LSTM (2^20 multiply-adds; two layers: 30 vs 41 ms) and the GRU
 (786k; two layers: 28 vs 31 ms), slower for the RNN (2^18; one layer: 10.1 vs 8.6 ms)."""

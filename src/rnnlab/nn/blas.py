@@ -8,10 +8,12 @@ and ctypes, without loading anything new::
 
     gemm_address(np.float32) -> (address of cblas_sgemm, integer width 32 | 64) or None
 
-Only OpenBLAS is looked up, in the builds NumPy ships or links: symbols with or without
-``scipy_`` in front and ``64_``/``_64`` behind (the wheels' ILP64 build), and 64-bit integers when
-``openblas_get_config()`` reports ``USE64BITINT``. Anything else (MKL, Accelerate, BLIS) gives
-``None``, and the layers keep their NumPy loop.
+Only NumPy's own OpenBLAS is used: the one inside NumPy's installation (the wheels ship it in
+``numpy.libs`` or ``numpy/.dylibs``), else, for a NumPy built against a system OpenBLAS, the only
+OpenBLAS loaded in the process. Its symbols may have ``scipy_`` in front and ``64_``/``_64``
+behind (the wheels' ILP64 build); the integers are 64-bit when ``openblas_get_config()`` reports
+``USE64BITINT``. Anything else (NumPy on MKL, Accelerate or BLIS, several OpenBLAS libraries and
+none of them NumPy's, a failed lookup) gives ``None``, and the layers keep their NumPy loop.
 """
 from __future__ import annotations
 
@@ -27,32 +29,43 @@ _SUFFIXES = ("", "64_", "_64")
 _NAMES = {np.dtype(np.float32): "cblas_sgemm", np.dtype(np.float64): "cblas_dgemm"}
 
 
-def _numpy_first(controllers):
-    """The OpenBLAS controllers, the one inside NumPy's own installation first."""
-    home = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
-    ours = [c for c in controllers if os.path.realpath(c.filepath).startswith(home + os.sep)
-            and "numpy" in os.path.relpath(os.path.realpath(c.filepath), home)]
-    return ours + [c for c in controllers if c not in ours]
+def _numpy_blas_name() -> str:
+    """The BLAS NumPy was built against, as its build configuration names it ('' if unknown)."""
+    try:
+        return str(np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]).lower()
+    except Exception:  # an older NumPy without mode=, or another layout of the dict
+        return ""
+
+
+def _numpys_openblas(controllers):
+    """threadpoolctl's controller of the OpenBLAS NumPy uses, or None when it is not certain."""
+    openblas = [c for c in controllers if c.internal_api == "openblas"]
+    home = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))  # site-packages
+    for c in openblas:
+        rel = os.path.relpath(os.path.realpath(c.filepath), home)
+        if rel.split(os.sep)[0] in ("numpy", "numpy.libs"):
+            return c
+    if "openblas" in _numpy_blas_name() and len(openblas) == 1:
+        return openblas[0]
+    return None
 
 
 @functools.lru_cache(maxsize=None)
 def _find() -> dict:
-    """``{dtype: (address, bits)}`` for float32 and float64 from the first OpenBLAS that has both."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
+    """``{dtype: (address, bits)}`` for float32 and float64 from NumPy's OpenBLAS, or ``{}``."""
+    from threadpoolctl import ThreadpoolController
+
+    ctl = _numpys_openblas(ThreadpoolController().lib_controllers)
+    if ctl is None:
         return {}
-    libs = [c for c in ThreadpoolController().lib_controllers if c.internal_api == "openblas"]
-    for ctl in _numpy_first(libs):
-        lib = ctl.dynlib
-        for prefix, suffix in itertools.product(_PREFIXES, _SUFFIXES):
-            fns = {dt: getattr(lib, f"{prefix}{name}{suffix}", None) for dt, name in _NAMES.items()}
-            config = getattr(lib, f"{prefix}openblas_get_config{suffix}", None)
-            if config is None or any(f is None for f in fns.values()):
-                continue
-            config.restype = ctypes.c_char_p
-            bits = 64 if b"USE64BITINT" in (config() or b"") else 32
-            return {dt: (ctypes.cast(f, ctypes.c_void_p).value, bits) for dt, f in fns.items()}
+    for prefix, suffix in itertools.product(_PREFIXES, _SUFFIXES):
+        fns = {dt: getattr(ctl.dynlib, f"{prefix}{name}{suffix}", None) for dt, name in _NAMES.items()}
+        config = getattr(ctl.dynlib, f"{prefix}openblas_get_config{suffix}", None)
+        if config is None or any(f is None for f in fns.values()):
+            continue
+        config.restype = ctypes.c_char_p
+        bits = 64 if b"USE64BITINT" in (config() or b"") else 32
+        return {dt: (ctypes.cast(f, ctypes.c_void_p).value, bits) for dt, f in fns.items()}
     return {}
 
 

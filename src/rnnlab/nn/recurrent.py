@@ -440,7 +440,7 @@ class _Recurrent(Module):
         """A fresh ``(B, H)`` buffer holding ``d_n`` (zeros when None), updated by the loop."""
         if d_n is None:
             return xp.zeros((B, self.hidden_size), self.param_dtype)
-        return xp.array(d_n, dtype=self.param_dtype)
+        return xp.array(d_n, dtype=self.param_dtype, order="C")
 
 
 class _Ids:

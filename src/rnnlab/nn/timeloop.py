@@ -6,8 +6,10 @@ The layers' NumPy loop (``recurrent.py``) runs, per time step, ``np.matmul`` and
 the same two operations run inside one compiled loop per layer and direction: the GEMM is a
 direct call of the ``cblas_?gemm`` that NumPy's ``matmul`` itself ends in (found by
 :mod:`rnnlab.nn.blas`), the kernel is the same compiled function, so the results are the NumPy
-loop's, bit for bit. What it buys: about 10 µs of Python per step, and threads that train
-separate parts of a batch (:mod:`rnnlab.lm.shards`) no longer queue for the GIL at every step.
+loop's, bit for bit for two or more rows (with one row NumPy calls a matrix-vector product
+instead, and results differ in the last bits). What it buys: the Python of each time step (about
+5% of a step at H = 128 on one core), and threads that train separate parts of a batch
+(:mod:`rnnlab.lm.shards`) no longer queue for the GIL at every time step, only between layers.
 
 Per step, with ``(t, prev, cur)`` from :func:`_step` (forward: ``S[t+1]`` holds ``h_t``; reverse:
 ``S[t]``)::
@@ -27,6 +29,8 @@ Never imported at ``import rnnlab``; :func:`loops_for` is the entry point, and `
 from __future__ import annotations
 
 import functools
+import threading
+import warnings
 
 import numpy as np
 from llvmlite import ir
@@ -65,7 +69,7 @@ def _gemm(typingctx, addr, width, trans_b, a, b, c):
         _, ldb = cgutils.unpack_tuple(builder, Bm.shape, 2)
         _, n = cgutils.unpack_tuple(builder, C.shape, 2)
 
-        def w(v):  # intp -> the BLAS's integer
+        def w(v):  # intp -> the BLAS's integer (no dimension here comes near 2^31)
             if iw.width < v.type.width:
                 return builder.trunc(v, iw)
             return builder.sext(v, iw) if iw.width > v.type.width else v
@@ -80,6 +84,16 @@ def _gemm(typingctx, addr, width, trans_b, a, b, c):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@njit(inline="always")
+def _mm(addr, width, trans_b, a, b, c):
+    """:func:`_gemm` after checking the shapes, so that a mismatch raises instead of reading or
+    writing past an array: ``a (M, K)``, ``b (N, K)`` (``trans_b``) or ``(K, N)``, ``c (M, N)``."""
+    K, N = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    if a.shape[1] != K or c.shape[0] != a.shape[0] or c.shape[1] != N:
+        raise ValueError("timeloop: GEMM operands with mismatched shapes")
+    _gemm(addr, width, trans_b, a, b, c)
 
 
 def _at(x, t):
@@ -125,7 +139,7 @@ def rnn_forward(addr, width, S, W, b, relu, keep, reverse, tmp):
     T = S.shape[0] - 1
     for s in range(T):
         t, ip, ic = _step(s, T, reverse)
-        _gemm(addr, width, True, S[ip], W, tmp)
+        _mm(addr, width, True, S[ip], W, tmp)
         fused.rnn_forward(S[ic], tmp, b, relu, S[ic])
         _carry(keep, t, S[ip], S[ic])
 
@@ -136,7 +150,7 @@ def rnn_backward(addr, width, dy, dnext, m, S, relu, W, keep, reverse, DH, dA):
     for s in range(T - 1, -1, -1):
         t, ip, ic = _step(s, T, reverse)
         fused.rnn_backward(_at(dy, t), dnext, _at(m, t), S[ic], relu, DH[t], dA[t])
-        _gemm(addr, width, False, dA[t], W, dnext)
+        _mm(addr, width, False, dA[t], W, dnext)
         _carry(keep, t, DH[t], dnext)
 
 
@@ -145,7 +159,7 @@ def lstm_forward(addr, width, A, S, C, TC, W, b, keep, reverse, tmp):
     T = A.shape[0]
     for s in range(T):
         t, ip, ic = _step(s, T, reverse)
-        _gemm(addr, width, True, S[ip], W, tmp)
+        _mm(addr, width, True, S[ip], W, tmp)
         fused.lstm_forward(A[t], tmp, b, C[ip], C[ic], TC[t], S[ic])
         _carry(keep, t, S[ip], S[ic])
         _carry(keep, t, C[ip], C[ic])
@@ -157,7 +171,7 @@ def lstm_backward(addr, width, dy, dnext, m, dcell, A, C, TC, W, keep, reverse, 
     for s in range(T - 1, -1, -1):
         t, ip, ic = _step(s, T, reverse)
         fused.lstm_backward(_at(dy, t), dnext, _at(m, t), dcell, A[t], C[ip], TC[t], DH[t], dA[t])
-        _gemm(addr, width, False, dA[t], W, dnext)
+        _mm(addr, width, False, dA[t], W, dnext)
         _carry(keep, t, DH[t], dnext)
 
 
@@ -166,7 +180,7 @@ def gru_forward(addr, width, A, S, HN, W, b, b_hn, keep, reverse, hh):
     T = A.shape[0]
     for s in range(T):
         t, ip, ic = _step(s, T, reverse)
-        _gemm(addr, width, True, S[ip], W, hh)
+        _mm(addr, width, True, S[ip], W, hh)
         fused.gru_forward(A[t], hh, b, b_hn, S[ip], HN[t], S[ic])
         _carry(keep, t, S[ip], S[ic])
 
@@ -177,14 +191,14 @@ def gru_backward(addr, width, dy, dnext, direct, m, A, HN, S, W, keep, reverse, 
     for s in range(T - 1, -1, -1):
         t, ip, ic = _step(s, T, reverse)
         fused.gru_backward(_at(dy, t), dnext, direct, _at(m, t), A[t], HN[t], S[ip], DH[t], dHH[t], dAn[t])
-        _gemm(addr, width, False, dHH[t], W, dnext)
+        _mm(addr, width, False, dHH[t], W, dnext)
         _carry(keep, t, DH[t], dnext)
 
 
 @njit(**_OPTS)
 def _probe(addr, width, a, b, c_nt, c_nn):
-    _gemm(addr, width, True, a, b, c_nt)
-    _gemm(addr, width, False, a, b.T.copy(), c_nn)
+    _mm(addr, width, True, a, b, c_nt)
+    _mm(addr, width, False, a, b.T.copy(), c_nn)
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -204,6 +218,7 @@ class Loops:
 
 
 _LOOPS: dict = {}
+_LOCK = threading.Lock()  # shard threads may ask for the loops at the same moment
 
 
 def _self_check(addr, bits, dtype) -> bool:
@@ -219,11 +234,18 @@ def _self_check(addr, bits, dtype) -> bool:
 
 
 def loops_for(dtype) -> Loops | None:
-    """The compiled loops for float32/float64 arrays, or ``None`` where the BLAS was not found or
-    its self-check failed (the check runs once per dtype and process)."""
+    """The compiled loops for float32/float64 arrays, or ``None`` where NumPy's OpenBLAS was not
+    found, its self-check failed, or looking for it raised (then with one warning); the answer is
+    worked out once per dtype and process."""
     dtype = np.dtype(dtype)
-    if dtype not in _LOOPS:
-        found = blas.gemm_address(dtype)
-        ok = found is not None and _self_check(found[0], found[1], dtype)
-        _LOOPS[dtype] = Loops(*found) if ok else None
-    return _LOOPS[dtype]
+    with _LOCK:
+        if dtype not in _LOOPS:
+            try:
+                found = blas.gemm_address(dtype)
+                ok = found is not None and _self_check(found[0], found[1], dtype)
+            except Exception as e:  # a numba/llvmlite/threadpoolctl surprise: keep the NumPy loop
+                warnings.warn(f"rnnlab: compiled loops over time unavailable ({type(e).__name__}: {e}); "
+                              "using the Python loop", RuntimeWarning, stacklevel=2)
+                ok = False
+            _LOOPS[dtype] = Loops(*found) if ok else None
+        return _LOOPS[dtype]
