@@ -12,22 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 from rnnlab import bench
 from rnnlab.lm import shards
 from rnnlab.nn import cells
 
 CONFIGS = {"A": (32, 64, 128, 64), "B": (64, 100, 256, 64), "C": (64, 100, 512, 64)}
-
-
-def step_times(step, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> None:
@@ -52,9 +42,8 @@ def main() -> None:
     for r in range(args.rounds + 1):  # round 0 warms up (compiles, fills the workspace pool)
         for (on, threads, split), step in variants.items():
             cells.sequence_loops = with_loops if on else (lambda xp, dtype: None)
-            time.sleep(0.1)  # let the last variant's spinning BLAS threads sleep
-            with shards.blas_limit(1 if split else threads):
-                t = step_times(step, 2 if r == 0 else args.steps)
+            # bench's block: a pause at 2 threads, one untimed step, then the timed ones
+            t = bench._block(step, 2 if r == 0 else args.steps, threads, 1 if split else threads)
             if r:
                 times[on, threads, split] += t
     cells.sequence_loops = with_loops
