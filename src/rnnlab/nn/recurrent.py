@@ -22,7 +22,9 @@ Backpropagation through time, per layer and direction, walking ``t = T-1 .. 0``:
     dW_hh = sum_t da_t^T h_{t-1};  dW_xh = sum_t da_t^T x_t;  db_h = sum_t da_t;  dx_t = da_t W_xh
 
 The three sums are single GEMMs over all ``T*B`` rows once the loop is done, so the loop itself
-runs one ``(B, H) x (H, G*H)`` GEMM and a few fused elementwise kernels per step.
+runs one ``(B, H) x (H, G*H)`` GEMM and one fused step kernel per step. For NumPy arrays with numba
+and NumPy's OpenBLAS, the whole loop runs compiled in one call without the GIL
+(:mod:`rnnlab.nn.timeloop`, the same GEMM and kernels); the Python loops below are the other path.
 
 Plain reference loop of the forward pass (one layer, one direction, no padding)::
 
