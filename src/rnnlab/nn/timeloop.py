@@ -238,6 +238,8 @@ def loops_for(dtype) -> Loops | None:
     found, its self-check failed, or looking for it raised (then with one warning); the answer is
     worked out once per dtype and process."""
     dtype = np.dtype(dtype)
+    if dtype in _LOOPS:  # decided: every call after the first (no lock on the layers' path)
+        return _LOOPS[dtype]
     with _LOCK:
         if dtype not in _LOOPS:
             try:
