@@ -216,3 +216,69 @@ def test_resume_keeps_the_shard_count_of_the_checkpoint(tmp_path, capsys, monkey
     b, mb = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
     assert ma["step"] == mb["step"] == 6 and mb["shards"] == 2
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("cfg", MODELS, ids=[c["model"] for c in MODELS])
+def test_split_evaluation_equals_the_whole_batch(cfg):
+    """Stream evaluation (the state carried from chunk to chunk along each row) with its rows
+    over 3 shards scores the same characters with the same total as on one thread."""
+    from rnnlab.lm.evaluate import nll_sum
+
+    rng = np.random.default_rng(5)
+    model = model_of(cfg)
+    ids = rng.integers(0, V, 400)
+    want, want_n = nll_sum(model, ids, "stream", batch_size=7, seq_len=9)
+    with BatchShards(model, 3) as shards:
+        got, n = nll_sum(model, ids, "stream", batch_size=7, seq_len=9, shards=shards)
+    assert n == want_n == 399
+    assert got == pytest.approx(want, rel=1e-13)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_split_evaluation_of_padded_lines_and_eval_mode(cell):
+    """Lines evaluation (padded items, lengths split with the rows) agrees with one thread, and
+    the replicas run in eval mode: with dropout on, the split total equals the unsplit one, which
+    would not hold if a replica dropped units."""
+    from rnnlab.data import lines_eval_batches
+    from rnnlab.lm.evaluate import nll_sum
+
+    rng = np.random.default_rng(6)
+    model = model_of({"model": cell, "hidden": 6, "layers": 2, "embed": 3, "dropout": 0.5})
+    items = [rng.integers(1, V, n) for n in (5, 1, 9, 3, 7, 2, 8)]
+    want, want_n = nll_sum(model, items, "lines", batch_size=4)
+    with BatchShards(model, 2) as shards:
+        x, y, lengths = next(lines_eval_batches(items[:4], 4))
+        shards.step(x, y, None, lengths, np.random.default_rng(0))  # replicas left in training mode
+        got, n = nll_sum(model, items, "lines", batch_size=4, shards=shards)
+    assert model.training and n == want_n == sum(len(i) + 1 for i in items)
+    assert got == pytest.approx(want, rel=1e-13)
+
+
+def test_evaluation_refuses_shards_of_another_model():
+    from rnnlab.lm.evaluate import nll_sum
+
+    cfg = {"model": "rnn", "hidden": 4, "layers": 1, "embed": 2}
+    with BatchShards(model_of(cfg), 2) as shards, pytest.raises(ValueError, match="model"):
+        nll_sum(model_of(cfg), np.arange(20) % V, "stream", shards=shards)
+
+
+def test_training_validates_on_the_training_threads(tmp_path, monkeypatch):
+    """A split run's validation passes go through its BatchShards (one per run), not one thread."""
+    import rnnlab.lm.shards as shards
+    from rnnlab.cli import main
+
+    calls = []
+    real = shards.BatchShards.loss_sum
+
+    def spy(self, x, y, state=None, lengths=None):
+        calls.append((self.shards, x.shape[1]))
+        return real(self, x, y, state, lengths)
+
+    monkeypatch.setattr(shards.BatchShards, "loss_sum", spy)
+    monkeypatch.setattr(shards, "_min_step_work", lambda model: 0)
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+    assert main(["train", str(text), "--out", str(tmp_path / "run"), "--model", "gru", "--layers", "1",
+                 "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8", "--eval-every", "3",
+                 "--max-steps", "6", "--threads", "2", "--quiet"]) == 0
+    assert calls and all(n == 2 and b > 1 for n, b in calls)

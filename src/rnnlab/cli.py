@@ -157,6 +157,7 @@ def _say(args, msg):
 
 def _report_training(args, trainer, result):
     from .lm.evaluate import evaluate
+    from .lm.shards import BatchShards
     from .lm.trainer import load_model_weights
 
     run = trainer.run
@@ -175,7 +176,9 @@ def _report_training(args, trainer, result):
         best = run.checkpoint_path("best")
         if best.is_file():
             load_model_weights(trainer.model, best)
-        t = evaluate(trainer.model, trainer.corpus.split.test, trainer.corpus.mode, cfg.batch, cfg.seq_len)
+        with BatchShards(trainer.model, trainer.shards) as shards:  # the rows over the training's threads
+            t = evaluate(trainer.model, trainer.corpus.split.test, trainer.corpus.mode, cfg.batch, cfg.seq_len,
+                         shards=shards)
         lines.append(f"test loss {t['loss_nats']:.4f} nats/char, {t['bits_per_char']:.4f} bits/char, "
                      f"perplexity {t['perplexity']:.2f} ({t['chars']:,} characters, best checkpoint)")
         from .io import append_jsonl
@@ -266,6 +269,7 @@ def _training_lines(cfg, data):
 def cmd_eval(args) -> int:
     from .data import encode_lines, read_lines, read_text
     from .lm.evaluate import evaluate
+    from .lm.shards import BatchShards, plan_shards
 
     run, cfg, data, vocab, model, _ = _load_run(args.run_dir, args.checkpoint)
     text = read_text(args.text)
@@ -273,12 +277,15 @@ def cmd_eval(args) -> int:
         items, unknown = encode_lines(vocab, read_lines(text), unknown="count", what=args.text)
         if len(items) == 0:
             raise RnnlabError(f"{args.text} has no non-empty lines to evaluate")
-        res = evaluate(model, items, "lines", cfg.batch)
+        inputs, mode = items, "lines"
     else:
         ids, unknown = vocab.encode(text, unknown="count", what=args.text)
         if len(ids) < 2:
             raise RnnlabError(f"{args.text} has fewer than 2 known characters: nothing to evaluate")
-        res = evaluate(model, ids, "stream", cfg.batch, cfg.seq_len)
+        inputs, mode = ids, "stream"
+    # each batch's rows over this machine's cores, as training splits them (lm/shards.py)
+    with BatchShards(model, plan_shards(model, cfg.batch)) as shards:
+        res = evaluate(model, inputs, mode, cfg.batch, cfg.seq_len, shards=shards)
     res["unknown_chars"] = int(unknown)
     if args.json:
         print(json.dumps(res))

@@ -9,6 +9,10 @@
 Stream mode scores every character of the split except the first (nothing precedes it), in
 ``B`` contiguous rows with the state carried along each row. Lines mode scores every character
 of every item plus its end token, each item from a fresh state.
+
+Each batch's rows may be split over threads as in training (``shards=``, a
+:class:`~rnnlab.lm.shards.BatchShards`): the rows are independent, so only the order in which
+the per-row sums are added changes.
 """
 from __future__ import annotations
 
@@ -16,12 +20,17 @@ import math
 
 from .. import backend
 from ..data import lines_eval_batches, stream_eval_batches
-from ..nn.losses import softmax_cross_entropy
+from .shards import BatchShards
 
 
-def nll_sum(model, data, mode: str, batch_size: int = 32, seq_len: int = 100) -> tuple[float, int]:
-    """``(sum of -log p in nats, number of characters scored)`` over ``data`` (ids or items)."""
+def nll_sum(model, data, mode: str, batch_size: int = 32, seq_len: int = 100,
+            shards: BatchShards | None = None) -> tuple[float, int]:
+    """``(sum of -log p in nats, number of characters scored)`` over ``data`` (ids or items);
+    ``shards`` (for ``model``) splits each batch's rows over its threads, None runs them on one."""
+    if shards is not None and shards.model is not model:
+        raise ValueError("shards must be a BatchShards made for the model being evaluated")
     xp = backend.xp
+    run = (shards if shards is not None else BatchShards(model, 1)).loss_sum
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -30,8 +39,7 @@ def nll_sum(model, data, mode: str, batch_size: int = 32, seq_len: int = 100) ->
             if len(data) == 0:
                 return 0.0, 0
             for x, y, lengths in lines_eval_batches(data, batch_size):
-                logits, _, _ = model.forward(xp.asarray(x), None, lengths=lengths)
-                loss, _ = softmax_cross_entropy(logits, xp.asarray(y), reduction="sum")
+                loss, _ = run(xp.asarray(x), xp.asarray(y), None, lengths)
                 total += backend.to_float(loss)
                 count += int((y >= 0).sum())
         else:
@@ -41,8 +49,7 @@ def nll_sum(model, data, mode: str, batch_size: int = 32, seq_len: int = 100) ->
             for x, y, reset in stream_eval_batches(data, batch_size, seq_len):
                 if reset:
                     state = None
-                logits, state, _ = model.forward(xp.asarray(x), state)
-                loss, _ = softmax_cross_entropy(logits, xp.asarray(y), reduction="sum")
+                loss, state = run(xp.asarray(x), xp.asarray(y), state)
                 total += backend.to_float(loss)
                 count += int((y >= 0).sum())
     finally:
@@ -58,5 +65,6 @@ def summarize(total: float, count: int) -> dict:
             "chars": count}
 
 
-def evaluate(model, data, mode: str, batch_size: int = 32, seq_len: int = 100) -> dict:
-    return summarize(*nll_sum(model, data, mode, batch_size, seq_len))
+def evaluate(model, data, mode: str, batch_size: int = 32, seq_len: int = 100,
+             shards: BatchShards | None = None) -> dict:
+    return summarize(*nll_sum(model, data, mode, batch_size, seq_len, shards))

@@ -152,9 +152,7 @@ class BatchShards:
         scored), ``lengths (B,)`` for a padded batch. Returns ``(loss, state_n)``: the mean
         loss as a 0-d array and the model's state after the batch."""
         model = self.model
-        B = x.shape[1]
-        n = min(self.shards, B)
-        if n == 1:
+        if min(self.shards, x.shape[1]) == 1:
             logits, state_n, cache = model.forward(x, state, lengths=lengths, rng=rng)
             loss, dlogits = softmax_cross_entropy(logits, y)
             model.zero_grad()
@@ -163,37 +161,59 @@ class BatchShards:
         xp = backend.xp
         count = int((y != -1).sum())
         weight = model.param_dtype.type(1) / model.param_dtype.type(max(count, 1))  # each item's 1/N
-        bounds = [(B * j) // n for j in range(n + 1)]
-        seeds = rng.integers(0, 2**63, size=n) if rng is not None else [None] * n
-        err = np.geterr()  # the caller's floating-point error handling holds in the workers too
 
-        def run(j):
-            with np.errstate(**err):
-                return shard(j)
-
-        def shard(j):
-            lo, hi = bounds[j], bounds[j + 1]
-            rep = self.replicas[j]
-            if rep.training != model.training:
-                rep.train(model.training)
-            yj = y[:, lo:hi]
-            logits, state_n, cache = rep.forward(
-                x[:, lo:hi], _split_state(state, lo, hi), lengths=None if lengths is None else lengths[lo:hi],
-                rng=None if seeds[j] is None else np.random.default_rng(int(seeds[j])))
-            loss, dlogits = softmax_cross_entropy(logits, yj, mask=xp.full(yj.shape, weight, model.param_dtype),
+        def shard(rep, x, y, state, lengths, rng):
+            logits, state_n, cache = rep.forward(x, state, lengths=lengths, rng=rng)
+            loss, dlogits = softmax_cross_entropy(logits, y, mask=xp.full(y.shape, weight, model.param_dtype),
                                                   reduction="sum")
             rep.zero_grad()
             rep.backward(dlogits, cache)
             return loss, state_n
 
+        loss, state_n = self._map(shard, x, y, state, lengths, rng)
+        grads = model.grads
+        for rep in self.replicas[1 : min(self.shards, x.shape[1])]:
+            for k, g in rep.grads.items():
+                grads[k] += g
+        return loss, state_n
+
+    def loss_sum(self, x, y, state=None, lengths=None):
+        """Forward and loss only (evaluation): ``(sum of -log p over the scored items as a 0-d
+        array, state_n)``, the rows split over the shards as in :meth:`step`. Runs in the
+        model's current mode (call ``model.eval()`` first for evaluation)."""
+        def shard(rep, x, y, state, lengths, rng):
+            logits, state_n, _ = rep.forward(x, state, lengths=lengths)
+            return softmax_cross_entropy(logits, y, reduction="sum")[0], state_n
+
+        if min(self.shards, x.shape[1]) == 1:
+            return shard(self.model, x, y, state, lengths, None)
+        return self._map(shard, x, y, state, lengths, None)
+
+    def _map(self, fn, x, y, state, lengths, rng):
+        """``fn(replica_j, x_j, y_j, state_j, lengths_j, rng_j) -> (loss_j, state_j)`` for each
+        shard's block of rows, shard 0 on this thread and the others on the pool, with the BLAS
+        at one thread; returns the losses added in shard order and the states joined."""
+        model = self.model
+        B = x.shape[1]
+        n = min(self.shards, B)
+        bounds = [(B * j) // n for j in range(n + 1)]
+        seeds = rng.integers(0, 2**63, size=n) if rng is not None else [None] * n
+        err = np.geterr()  # the caller's floating-point error handling holds in the workers too
+
+        def run(j):
+            lo, hi = bounds[j], bounds[j + 1]
+            rep = self.replicas[j]
+            if rep.training != model.training:
+                rep.train(model.training)
+            with np.errstate(**err):
+                return fn(rep, x[:, lo:hi], y[:, lo:hi], _split_state(state, lo, hi),
+                          None if lengths is None else lengths[lo:hi],
+                          None if seeds[j] is None else np.random.default_rng(int(seeds[j])))
+
         with blas_limit(1):
             futures = [self._pool.submit(run, j) for j in range(1, n)]
             results = [run(0)] + [f.result() for f in futures]
-        grads = model.grads
-        for rep in self.replicas[1:n]:
-            for k, g in rep.grads.items():
-                grads[k] += g
         loss = results[0][0]
         for other, _ in results[1:]:
             loss = loss + other
-        return loss, _join_states(xp, [s for _, s in results])
+        return loss, _join_states(backend.xp, [s for _, s in results])

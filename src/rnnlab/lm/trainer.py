@@ -225,9 +225,7 @@ class Trainer:
             lengths = None
             state = self.model.initial_state(xp, cfg.batch) if reset or self.state is None else self.state
         x, y = xp.asarray(x), xp.asarray(y)
-        if self._shards is None:  # made at the first step, after a resume has set the count
-            self._shards = BatchShards(self.model, self.shards)
-        loss, state_n = self._shards.step(x, y, state, lengths, self.rng)  # forward, loss, backward
+        loss, state_n = self._batch_shards().step(x, y, state, lengths, self.rng)  # forward, loss, backward
         loss = backend.to_float(loss)
         if not math.isfinite(loss):
             raise _Diverged(f"the training loss became {loss}", self.step + 1)
@@ -247,7 +245,8 @@ class Trainer:
         val = self.corpus.split.val
         if len(val) == 0:
             return math.nan
-        return evaluate(self.model, val, self.corpus.mode, self.cfg.batch, self.cfg.seq_len)["loss_nats"]
+        return evaluate(self.model, val, self.corpus.mode, self.cfg.batch, self.cfg.seq_len,
+                        shards=self._batch_shards())["loss_nats"]
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -320,6 +319,13 @@ class Trainer:
                 bar.close()
             self._close_shards()
         return TrainResult(self.step, self.best_val, last_train, interrupted, cps, self.elapsed)
+
+    def _batch_shards(self) -> BatchShards:
+        """The training step's shards, made on first use (after a resume has set the count); the
+        validation passes split their batches over the same threads."""
+        if self._shards is None:
+            self._shards = BatchShards(self.model, self.shards)
+        return self._shards
 
     def _close_shards(self) -> None:
         if self._shards is not None:
