@@ -282,3 +282,32 @@ def test_training_validates_on_the_training_threads(tmp_path, monkeypatch):
                  "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8", "--eval-every", "3",
                  "--max-steps", "6", "--threads", "2", "--quiet"]) == 0
     assert calls and all(n == 2 and b > 1 for n, b in calls)
+
+
+def test_resume_with_threads_changes_the_shard_count_and_says_so(tmp_path, capsys, monkeypatch):
+    """``--resume --threads N`` (a run moved to a machine with more or fewer cores) trains on the
+    count planned for N, says that the run is no longer bit-identical, and the next checkpoint
+    records the new count; the result agrees with the uninterrupted run to rounding."""
+    import rnnlab.lm.shards as shards
+    from rnnlab.cli import main
+    from rnnlab.lm.checkpoint import load_checkpoint
+
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+    opts = ["--model", "gru", "--layers", "1", "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8",
+            "--eval-every", "2", "--schedule", "constant", "--dtype", "float64"]
+    monkeypatch.setattr(shards, "_min_step_work", lambda model: 0)
+    assert main(["train", str(text), "--out", str(tmp_path / "straight"), *opts, "--quiet", "--threads", "1",
+                 "--max-steps", "6"]) == 0
+    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), *opts, "--quiet", "--threads", "1",
+                 "--max-steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), "--resume", "--threads", "2",
+                 "--max-steps", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "threads: 2 (the checkpoint trained on 1" in out and "no longer bit-identical" in out
+    a, ma = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors")
+    b, mb = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
+    assert ma["shards"] == 1 and mb["shards"] == 2 and mb["step"] == 6
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12, err_msg=k)

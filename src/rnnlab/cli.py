@@ -72,7 +72,7 @@ TRAIN_OPTIONS = [
     ("--threads", "threads", _num(int, 0), "CPU threads, each training on a block of the batch's rows; "
                                            "0 = decide from the cores and the model's size (default 0)"),
 ]
-RESUME_OVERRIDABLE = {"max_steps", "max_time", "eval_every", "device"}
+RESUME_OVERRIDABLE = {"max_steps", "max_time", "eval_every", "device", "threads"}
 
 
 def _add_train_options(p):
@@ -97,7 +97,7 @@ def _train_config(args, base=None):
     if bad:
         flags = ", ".join("--" + b.replace("_", "-") for b in bad)
         raise RnnlabError(f"--resume continues with the run's saved options; drop {flags} "
-                          f"(only --max-steps, --max-time, --eval-every, --device may change) or start a new run")
+                          f"(only --max-steps, --max-time, --eval-every, --device, --threads may change) or start a new run")
     for k, v in given.items():
         setattr(base, k, v)
     return base.validate()
@@ -137,7 +137,10 @@ def cmd_train(args) -> int:
                                   seed=cfg.seed, vocab=vocab)
             del text
             trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
-            trainer.restore()
+            saved_shards = trainer.restore(keep_shards=args.threads is None)
+            if trainer.shards != saved_shards:
+                _say(args, f"threads: {trainer.shards} (the checkpoint trained on {saved_shards}; gradients are "
+                           "summed in another order, so this run is no longer bit-identical to an uninterrupted one)")
         else:
             trainer.run = run  # the locked run directory
             write_run_files(run, cfg, corpus)

@@ -179,8 +179,10 @@ class Trainer:
                     "model": self.model.config()}
         save_checkpoint(self.run.checkpoint_path(which), tensors, meta)
 
-    def restore(self) -> None:
-        """Continue from ``checkpoints/last``: weights, optimizer, schedule, data position, RNG."""
+    def restore(self, keep_shards: bool = True) -> int:
+        """Continue from ``checkpoints/last``: weights, optimizer, schedule, data position, RNG, and
+        the shard count it trained with (``keep_shards=False``: the one planned from this run's
+        ``threads`` option instead). Returns the checkpoint's shard count."""
         path = self.run.checkpoint_path("last")
         fresh = "start a new run with --force instead of --resume (the old run's files are moved aside)"
         if not path.is_file():
@@ -198,9 +200,11 @@ class Trainer:
             self.schedule.load_state_dict(meta["schedule"])
             self.batcher.load_state(meta["batcher"])
             self.rng.bit_generator.state = meta["rng"]
-            self.shards = int(meta.get("shards", 1))  # checkpoints from before sharding ran one
-            if self.shards < 1:
-                raise ValueError(f"shards {self.shards}")
+            saved_shards = int(meta.get("shards", 1))  # checkpoints from before sharding ran one
+            if saved_shards < 1:
+                raise ValueError(f"shards {saved_shards}")
+            if keep_shards:
+                self.shards = saved_shards
             n = int(meta["carry"])
             self.state = _state_from_arrays(self.model, [tensors[f"carry.{i}"] for i in range(n)])
             self.step = self._saved_step = int(meta["step"])
@@ -211,6 +215,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as exc:
             raise RnnlabError(f"checkpoint {path} is incomplete or inconsistent ({type(exc).__name__}: {exc}); "
                               "use --force to start over") from None
+        return saved_shards
 
     # -------------------------------------------------------------------------- loop
     def train_step(self) -> float:
