@@ -219,26 +219,32 @@ def test_resume_keeps_the_shard_count_of_the_checkpoint(tmp_path, capsys, monkey
 
 
 @pytest.mark.parametrize("cfg", MODELS, ids=[c["model"] for c in MODELS])
-def test_split_evaluation_equals_the_whole_batch(cfg):
+@pytest.mark.parametrize("batch", [7, 2])
+def test_split_evaluation_equals_the_whole_batch(cfg, batch):
     """Stream evaluation (the state carried from chunk to chunk along each row) with its rows
-    over 3 shards scores the same characters with the same total as on one thread."""
+    over 3 shards (fewer rows than shards with batch 2) scores the same characters with the
+    same total as on one thread, and the other shards' replicas do run."""
     from rnnlab.lm.evaluate import nll_sum
 
     rng = np.random.default_rng(5)
     model = model_of(cfg)
     ids = rng.integers(0, V, 400)
-    want, want_n = nll_sum(model, ids, "stream", batch_size=7, seq_len=9)
+    want, want_n = nll_sum(model, ids, "stream", batch_size=batch, seq_len=9)
     with BatchShards(model, 3) as shards:
-        got, n = nll_sum(model, ids, "stream", batch_size=7, seq_len=9, shards=shards)
+        rows = []  # batch rows each replica saw
+        for rep in shards.replicas[1:]:
+            rep.forward = lambda x, *a, _f=rep.forward, **k: rows.append(x.shape[1]) or _f(x, *a, **k)
+        got, n = nll_sum(model, ids, "stream", batch_size=batch, seq_len=9, shards=shards)
     assert n == want_n == 399
     assert got == pytest.approx(want, rel=1e-13)
+    assert rows and set(rows) == ({2, 3} if batch == 7 else {1})  # rows 7 -> 2+2+3; 2 -> 1+1
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_split_evaluation_of_padded_lines_and_eval_mode(cell):
     """Lines evaluation (padded items, lengths split with the rows) agrees with one thread, and
-    the replicas run in eval mode: with dropout on, the split total equals the unsplit one, which
-    would not hold if a replica dropped units."""
+    the replicas follow the model into eval mode after a training step left them in training
+    mode (a replica still training with dropout would need a generator and raise)."""
     from rnnlab.data import lines_eval_batches
     from rnnlab.lm.evaluate import nll_sum
 
@@ -262,8 +268,9 @@ def test_evaluation_refuses_shards_of_another_model():
         nll_sum(model_of(cfg), np.arange(20) % V, "stream", shards=shards)
 
 
-def test_training_validates_on_the_training_threads(tmp_path, monkeypatch):
-    """A split run's validation passes go through its BatchShards (one per run), not one thread."""
+def test_training_validates_on_the_training_threads(tmp_path, monkeypatch, capsys):
+    """A split run's validation passes go through its BatchShards (one per run), not one thread;
+    so does ``rnnlab eval`` of that run."""
     import rnnlab.lm.shards as shards
     from rnnlab.cli import main
 
@@ -282,6 +289,21 @@ def test_training_validates_on_the_training_threads(tmp_path, monkeypatch):
                  "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8", "--eval-every", "3",
                  "--max-steps", "6", "--threads", "2", "--quiet"]) == 0
     assert calls and all(n == 2 and b > 1 for n, b in calls)
+
+    # rnnlab eval plans from the run's --threads too, and scores as one thread does
+    import json
+
+    from rnnlab.cli import _load_run
+    from rnnlab.lm.evaluate import evaluate
+
+    calls.clear()
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), str(text), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert calls and all(n == 2 for n, _ in calls)
+    _, cfg, _, vocab, model, _ = _load_run(tmp_path / "run", "best")
+    want = evaluate(model, vocab.encode(text.read_text(encoding="utf-8")), "stream", cfg.batch, cfg.seq_len)
+    assert got["chars"] == want["chars"] and got["loss_nats"] == pytest.approx(want["loss_nats"], rel=1e-6)
 
 
 def test_resume_with_threads_changes_the_shard_count_and_says_so(tmp_path, capsys, monkeypatch):

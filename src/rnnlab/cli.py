@@ -138,7 +138,7 @@ def cmd_train(args) -> int:
             del text
             trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
             saved_shards = trainer.restore(keep_shards=args.threads is None)
-            if trainer.shards != saved_shards:
+            if trainer.shards != saved_shards and cfg.device == "cpu":  # CuPy always runs one shard
                 _say(args, f"threads: {trainer.shards} (the checkpoint trained on {saved_shards}; gradients are "
                            "summed in another order, so this run is no longer bit-identical to an uninterrupted one)")
         else:
@@ -286,8 +286,8 @@ def cmd_eval(args) -> int:
         if len(ids) < 2:
             raise RnnlabError(f"{args.text} has fewer than 2 known characters: nothing to evaluate")
         inputs, mode = ids, "stream"
-    # each batch's rows over this machine's cores, as training splits them (lm/shards.py)
-    with BatchShards(model, plan_shards(model, cfg.batch)) as shards:
+    # each batch's rows over threads, planned from the run's --threads as training plans them
+    with BatchShards(model, plan_shards(model, cfg.batch, cfg.threads)) as shards:
         res = evaluate(model, inputs, mode, cfg.batch, cfg.seq_len, shards=shards)
     res["unknown_chars"] = int(unknown)
     if args.json:

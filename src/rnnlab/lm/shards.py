@@ -24,6 +24,8 @@ one thread (threadpoolctl) and restored afterwards. With the compiled loops over
 (:mod:`rnnlab.nn.timeloop`) a shard's whole recurrence runs without the GIL; without them the
 NumPy calls and the numba kernels release it, and only the short Python loop over time holds it.
 
+:meth:`BatchShards.loss_sum` is the same split without the backward, for evaluation.
+
 State convention: a model's carried state (:meth:`LanguageModel.initial_state`) is ``None``, an
 array or a tuple of arrays, each with the batch on axis 1, which is how it is split and joined.
 Dropout masks come from one generator per shard seeded from ``rng`` (drawn in shard order).
@@ -179,8 +181,9 @@ class BatchShards:
 
     def loss_sum(self, x, y, state=None, lengths=None):
         """Forward and loss only (evaluation): ``(sum of -log p over the scored items as a 0-d
-        array, state_n)``, the rows split over the shards as in :meth:`step`. Runs in the
-        model's current mode (call ``model.eval()`` first for evaluation)."""
+        array, state_n)``, the rows split over the shards as in :meth:`step`. Call
+        ``model.eval()`` first: no ``rng`` is passed, so a training-mode model with dropout
+        raises (the replicas follow the model's mode)."""
         def shard(rep, x, y, state, lengths, rng):
             logits, state_n, _ = rep.forward(x, state, lengths=lengths)
             return softmax_cross_entropy(logits, y, reduction="sum")[0], state_n

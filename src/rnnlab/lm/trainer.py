@@ -215,6 +215,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as exc:
             raise RnnlabError(f"checkpoint {path} is incomplete or inconsistent ({type(exc).__name__}: {exc}); "
                               "use --force to start over") from None
+        self._close_shards()  # a pool made before the count was known is made again on first use
         return saved_shards
 
     # -------------------------------------------------------------------------- loop
@@ -326,8 +327,8 @@ class Trainer:
         return TrainResult(self.step, self.best_val, last_train, interrupted, cps, self.elapsed)
 
     def _batch_shards(self) -> BatchShards:
-        """The training step's shards, made on first use (after a resume has set the count); the
-        validation passes split their batches over the same threads."""
+        """The training step's shards, made on first use (after a resume has set the count) and
+        closed at the end of :meth:`fit`; the validation passes split their batches over them."""
         if self._shards is None:
             self._shards = BatchShards(self.model, self.shards)
         return self._shards
