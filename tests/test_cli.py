@@ -185,6 +185,15 @@ def test_train_says_where_the_run_is_and_how_to_sample(texts, tmp_path, capsys):
     assert m and int(m.group(1).replace(",", "")) > 0, out
 
 
+def test_a_one_step_run_still_reports_its_speed(texts, tmp_path, capsys):
+    """The speed window skips the first step (JIT, first-touch memory); a run of one step (or a
+    resume that adds one) reports that step's own speed instead of 0 chars/s."""
+    rc, out, err = cli(capsys, "train", texts["en"], "--out", tmp_path / "r", *TINY[:-1], "--max-steps", "1")
+    assert rc == 0, err
+    m = re.search(r"trained 1 step in \d+ s \(([\d,]+) chars/s\)", out)
+    assert m and int(m.group(1).replace(",", "")) > 0, out
+
+
 # ------------------------------------------------------------------------------------ sample
 def test_sample_stream_options(runs, capsys):
     run = runs["stream"]

@@ -96,8 +96,8 @@ def _train_config(args, base=None):
     bad = sorted(set(given) - RESUME_OVERRIDABLE)
     if bad:
         flags = ", ".join("--" + b.replace("_", "-") for b in bad)
-        raise RnnlabError(f"--resume continues with the run's saved options; drop {flags} "
-                          f"(only --max-steps, --max-time, --eval-every, --device, --threads may change) or start a new run")
+        raise RnnlabError(f"--resume continues with the run's saved options; drop {flags} (only --max-steps, "
+                          "--max-time, --eval-every, --device, --threads may change) or start a new run")
     for k, v in given.items():
         setattr(base, k, v)
     return base.validate()
@@ -138,9 +138,6 @@ def cmd_train(args) -> int:
             del text
             trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
             saved_shards = trainer.restore(keep_shards=args.threads is None)
-            if trainer.shards != saved_shards and cfg.device == "cpu":  # CuPy always runs one shard
-                _say(args, f"threads: {trainer.shards} (the checkpoint trained on {saved_shards}; gradients are "
-                           "summed in another order, so this run is no longer bit-identical to an uninterrupted one)")
         else:
             trainer.run = run  # the locked run directory
             write_run_files(run, cfg, corpus)
@@ -148,6 +145,9 @@ def cmd_train(args) -> int:
                    f"{corpus.describe()}")
         _say(args, f"model: {cfg.model}, {trainer.model.num_params():,} parameters, {cfg.dtype} on {cfg.device}; "
                    f"run directory {run.path}" + (f" (resuming at step {trainer.step})" if args.resume else ""))
+        if args.resume and trainer.shards != saved_shards and cfg.device == "cpu":  # CuPy always runs one shard
+            _say(args, f"threads: {trainer.shards} (the checkpoint trained on {saved_shards}; gradients are summed "
+                       "in another order, so this run is no longer bit-identical to an uninterrupted one)")
         result = trainer.fit()
         _report_training(args, trainer, result)
     return 0
@@ -172,7 +172,8 @@ def _report_training(args, trainer, result):
               flush=True)
         return
     cfg = trainer.cfg
-    lines = [f"trained {result.step} steps in {result.elapsed:.0f} s ({result.chars_per_s:,.0f} chars/s)"]
+    lines = [f"trained {result.step} step{'' if result.step == 1 else 's'} in {result.elapsed:.0f} s "
+             f"({result.chars_per_s:,.0f} chars/s)"]
     if math.isfinite(result.best_val):
         lines.append(f"best validation loss {result.best_val:.4f} nats/char = {result.best_val / math.log(2):.4f} bits/char")
     if len(trainer.corpus.split.test):

@@ -269,6 +269,7 @@ class Trainer:
         window_time, window_steps = 0.0, 0
         cps = 0.0
         warm = False
+        first_step = 0.0  # the untimed first step's time, for a run of one step
         interrupted = False
         # With the batch split over threads each shard runs single-threaded BLAS; the limit is held
         # for the whole run (evaluation included), since OpenBLAS's own idle workers, woken by any
@@ -294,6 +295,8 @@ class Trainer:
                     if warm:  # the first step (JIT compilation, first-touch memory) is not timed
                         window_steps += 1
                         window_time += now - t0  # training time only, evaluation excluded
+                    else:
+                        first_step = now - t0
                     warm = True
                     self.elapsed = now - run_start
                     if window_time > 1.0:
@@ -310,6 +313,8 @@ class Trainer:
                 last_train = float(np.mean(losses))
             if cps == 0.0 and window_time > 0:  # a run shorter than the 1-second speed window
                 cps = window_steps * chars_per_step / window_time
+            elif cps == 0.0 and warm:  # one step only: its own time, warm-up included, is all there is
+                cps = chars_per_step / first_step
             if self.step != self._saved_step:
                 self._evaluate_and_save(last_train, cps, run_eval=not interrupted)
         except _Diverged as exc:
