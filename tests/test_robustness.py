@@ -262,11 +262,19 @@ def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, cli
 
     run = tmp_path / "run"
     real, calls, kept = shards.softmax_cross_entropy, [], {}
+    real_step, stepping = shards.BatchShards.step, []
+
+    def step(self, *args, **kwargs):  # marks training steps (validation batches go through loss_sum)
+        stepping.append(1)
+        try:
+            return real_step(self, *args, **kwargs)
+        finally:
+            stepping.pop()
 
     def faulty(logits, y, *args, **kwargs):
         loss, dlogits = real(logits, y, *args, **kwargs)
-        if kwargs.get("reduction", "mean") == "sum" and "mask" not in kwargs:
-            return loss, dlogits  # a validation batch (BatchShards.loss_sum), not a training step
+        if not stepping:
+            return loss, dlogits
         calls.append(1)
         if len(calls) == 4 * threads + 1:  # training step 5 (one call per shard); checkpoints at steps 2 and 4
             kept.update(file_bytes(run))
@@ -278,6 +286,7 @@ def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, cli
         return loss, dlogits
 
     monkeypatch.setattr(shards, "softmax_cross_entropy", faulty)
+    monkeypatch.setattr(shards.BatchShards, "step", step)
     rc, out, err = cli(capsys, "train", text, "--out", run, *TINY, "--clip", clip, "--max-steps", "10",
                        "--eval-every", "2", "--threads", str(threads))
     assert_one_line_error(rc, out, err, "training diverged at step 5", "kept unchanged", "lower --lr", "--clip")
