@@ -309,12 +309,26 @@ def test_a_huge_learning_rate_is_caught_in_one_line(threads, text, tmp_path):
     assert list((run / "checkpoints").iterdir()) == []
 
 
-def test_sampling_an_overflowing_model_is_a_one_line_error(text, tmp_path, capsys):
+def test_sampling_an_overflowing_model_is_a_one_line_error(text, tmp_path, capsys, monkeypatch):
+    """A checkpoint whose arithmetic overflows float32 gives non-finite logits. Whether a GEMM that
+    sums +inf and -inf products returns NaN or a saturated inf depends on the BLAS kernel
+    (OpenBLAS's AVX-512 sgemm saturates, and the logits stay finite), so the weights are scaled
+    past float32's range and the forward pass adds that overflow to the logits on every machine."""
+    from rnnlab.models.recurrent_lm import RecurrentLM
+
     run = tmp_path / "run"
     assert cli(capsys, "train", text, "--out", run, *TINY, "--max-steps", "2")[0] == 0
     best = run / "checkpoints" / "best.safetensors"
     tensors, meta = load_checkpoint(best)
     save_checkpoint(best, {k: v * np.float32(1e30) if v.dtype.kind == "f" else v for k, v in tensors.items()}, meta)
+    real = RecurrentLM.forward
+
+    def overflowing(self, *a, **kw):
+        logits, state, cache = real(self, *a, **kw)
+        w = self.params["out.W_hy"]
+        return logits + (w[0, 0] * w[0, 0]) * np.float32(0), state, cache  # 1e58 * 0 in float32: inf * 0 = NaN
+
+    monkeypatch.setattr(RecurrentLM, "forward", overflowing)
     rc, out, err = cli(capsys, "sample", run, "--length", "10")
     assert_one_line_error(rc, "", err, "NaN/Inf", "--checkpoint")
 

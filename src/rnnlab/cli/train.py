@@ -1,0 +1,231 @@
+"""``rnnlab train`` and ``rnnlab demo``: train a language model, report it."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+from ..errors import RnnlabError
+from .common import num as _num, say as _say
+
+TRAIN_OPTIONS = [
+    # flag, dest, type, help
+    ("--model", "model", str, "rnn | lstm | gru | mlp | cnn | bigram (default lstm)"),
+    ("--layers", "layers", _num(int, 1), "layers (default 2)"),
+    ("--hidden", "hidden", _num(int, 1), "hidden units; CNN channels (default 256)"),
+    ("--embed", "embed", _num(int, 0), "embedding size, 0 = one-hot input (default 64)"),
+    ("--dropout", "dropout", _num(float, 0.0), "dropout between layers, in [0, 1) (default 0)"),
+    ("--context", "context", _num(int, 1), "characters the mlp model sees (default 8)"),
+    ("--kernel", "kernel", _num(int, 1), "cnn kernel size (default 2)"),
+    ("--seq-len", "seq_len", _num(int, 1), "truncated-BPTT length in stream mode (default 100)"),
+    ("--batch", "batch", _num(int, 1), "parallel streams or items per step (default 32)"),
+    ("--optimizer", "optimizer", str, "sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw (default adam)"),
+    ("--lr", "lr", _num(float, 0.0, lo_open=True), "learning rate (default 3e-3)"),
+    ("--schedule", "schedule", str, "constant | step | exponential | cosine (default cosine, with warm-up)"),
+    ("--warmup", "warmup", _num(int, 0), "warm-up steps of the cosine schedule (default 100)"),
+    ("--min-lr", "min_lr", _num(float, 0.0), "final learning rate of the schedule (default 1e-4)"),
+    ("--weight-decay", "weight_decay", _num(float, 0.0), "weight decay (default 0)"),
+    ("--clip", "clip", _num(float, 0.0), "clip the global gradient norm, 0 = off (default 1.0)"),
+    ("--max-steps", "max_steps", _num(int, 1), "stop after this many steps (default 3000)"),
+    ("--max-time", "max_time", _num(float, 0.0), "stop after this many seconds, 0 = no limit (default 0)"),
+    ("--eval-every", "eval_every", _num(int, 1), "steps between validation and checkpoints (default 250)"),
+    ("--val-frac", "val_frac", _num(float, 0.0, 0.99), "validation fraction (default 0.05)"),
+    ("--test-frac", "test_frac", _num(float, 0.0, 0.99), "test fraction (default 0.05)"),
+    ("--seed", "seed", _num(int, 0), "random seed (default 1337)"),
+    ("--dtype", "dtype", str, "float32 | float64 (default float32)"),
+    ("--device", "device", str, "cpu | cuda (default cpu)"),
+    ("--threads", "threads", _num(int, 0), "CPU threads, each training on a block of the batch's rows; "
+                                           "0 = decide from the cores and the model's size (default 0)"),
+]
+RESUME_OVERRIDABLE = {"max_steps", "max_time", "eval_every", "device", "threads"}
+
+
+def _add_train_options(p):
+    for flag, dest, typ, help_ in TRAIN_OPTIONS:
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+    p.add_argument("--lines", action="store_true", default=None,
+                   help="each non-empty line is one item (names, words), with begin/end tokens")
+
+
+def _train_config(args, base=None):
+    from ..lm.config import TrainConfig
+
+    given = {dest: getattr(args, dest) for _, dest, _, _ in TRAIN_OPTIONS if getattr(args, dest) is not None}
+    if args.lines:
+        given["lines"] = True
+    if base is None:
+        cfg = TrainConfig(**given)
+        if cfg.lines and "batch" not in given:
+            cfg.batch = 64
+        return cfg.validate()
+    bad = sorted(set(given) - RESUME_OVERRIDABLE)
+    if bad:
+        flags = ", ".join("--" + b.replace("_", "-") for b in bad)
+        raise RnnlabError(f"--resume continues with the run's saved options; drop {flags} (only --max-steps, "
+                          "--max-time, --eval-every, --device, --threads may change) or start a new run")
+    for k, v in given.items():
+        setattr(base, k, v)
+    return base.validate()
+
+
+def cmd_train(args) -> int:
+    from .. import backend
+    from ..lm.corpus import build_corpus, load_text
+    from ..lm.rundir import RunDir
+    from ..lm.trainer import Trainer, read_run, write_run_files
+
+    cfg = _train_config(args) if not args.resume else None
+    if cfg is not None:
+        backend.set_backend(cfg.device)
+    if args.resume and not os.path.lexists(args.out):  # do not create a directory only to find nothing there
+        raise RnnlabError(f"nothing to resume: run directory {args.out} does not exist; check the path, or start "
+                          "a new run without --resume")
+    text, source = load_text(args.text)
+    if not args.resume:
+        # Everything that can fail on the data or the options (too short a text, a split too small
+        # for --batch/--seq-len) fails here, before the run directory is created or touched.
+        corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                              seed=cfg.seed)
+        del text
+        trainer = Trainer(cfg, corpus, RunDir(args.out), progress=not args.quiet)
+    with RunDir.create(args.out, force=args.force, resume=args.resume) as run:
+        if args.resume:
+            saved, data, vocab = read_run(run)
+            cfg = _train_config(args, saved)
+            backend.set_backend(cfg.device)
+            from ..lm.corpus import text_digest
+
+            if text_digest(text) != data.get("sha256"):
+                raise RnnlabError(f"{source} is not the text this run was trained on ({data.get('source')}); "
+                                  "resume with the same file or start a new run")
+            corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                                  seed=cfg.seed, vocab=vocab)
+            del text
+            trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
+            saved_shards = trainer.restore(keep_shards=args.threads is None)
+        else:
+            trainer.run = run  # the locked run directory
+            write_run_files(run, cfg, corpus)
+        _say(args, f"data: {source} ({'lines' if cfg.lines else 'stream'} mode, vocabulary {corpus.vocab.size}): "
+                   f"{corpus.describe()}")
+        _say(args, f"model: {cfg.model}, {trainer.model.num_params():,} parameters, {cfg.dtype} on {cfg.device}; "
+                   f"run directory {run.path}" + (f" (resuming at step {trainer.step})" if args.resume else ""))
+        if args.resume and trainer.shards != saved_shards and cfg.device == "cpu":  # CuPy always runs one shard
+            _say(args, f"threads: {trainer.shards} (the checkpoint trained on {saved_shards}; gradients are summed "
+                       "in another order, so this run is no longer bit-identical to an uninterrupted one)")
+        result = trainer.fit()
+        _report_training(args, trainer, result)
+    return 0
+
+
+
+
+def _report_training(args, trainer, result):
+    from ..lm.evaluate import evaluate
+    from ..lm.shards import BatchShards
+    from ..lm.trainer import load_model_weights
+
+    run = trainer.run
+    if result.interrupted:
+        from shlex import quote
+
+        print(f"interrupted at step {result.step}: checkpoint saved in {run.checkpoint_path('last')}; "
+              f"continue with: rnnlab train {quote(str(trainer.corpus.source))} --out {quote(str(run.path))} --resume",
+              flush=True)
+        return
+    cfg = trainer.cfg
+    lines = [f"trained {result.step} step{'' if result.step == 1 else 's'} in {result.elapsed:.0f} s "
+             f"({result.chars_per_s:,.0f} chars/s)"]
+    if math.isfinite(result.best_val):
+        lines.append(f"best validation loss {result.best_val:.4f} nats/char = {result.best_val / math.log(2):.4f} bits/char")
+    if len(trainer.corpus.split.test):
+        best = run.checkpoint_path("best")
+        if best.is_file():
+            load_model_weights(trainer.model, best)
+        with BatchShards(trainer.model, trainer.shards) as shards:  # the rows over the training's threads
+            t = evaluate(trainer.model, trainer.corpus.split.test, trainer.corpus.mode, cfg.batch, cfg.seq_len,
+                         shards=shards)
+        lines.append(f"test loss {t['loss_nats']:.4f} nats/char, {t['bits_per_char']:.4f} bits/char, "
+                     f"perplexity {t['perplexity']:.2f} ({t['chars']:,} characters, best checkpoint)")
+        from ..io import append_jsonl
+
+        append_jsonl(run.metrics, {"step": result.step, "test_loss": t["loss_nats"], "test_chars": t["chars"]})
+    lines.append(f"sample with: rnnlab sample {run.path}")
+    for line in lines:
+        print(line, flush=True)
+
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+
+    from ..lm.config import TrainConfig
+    from ..lm.corpus import build_corpus, load_text
+    from ..lm.rundir import RunDir
+    from ..lm.sample import generate
+    from ..lm.trainer import Trainer, load_model_weights, write_run_files
+
+    text, source = load_text(None)
+    cfg = TrainConfig(model="lstm", layers=1, hidden=256, embed=64, seq_len=64, batch=32, lr=3e-3,
+                      max_steps=100000, max_time=float(args.seconds), eval_every=100, warmup=50,
+                      schedule="constant", extra={"demo": True}).validate()
+    print(f"rnnlab demo: training a {cfg.layers}-layer LSTM ({cfg.hidden} units) for {args.seconds:.0f} s on "
+          f"{source}", flush=True)
+    corpus = build_corpus(text, source, lines=False, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
+    _clear_old_demo(args.out)
+    with RunDir.create(args.out, force=True) as run:
+        write_run_files(run, cfg, corpus)
+        trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
+        print(f"data: {corpus.describe()}, vocabulary {corpus.vocab.size}; model: {trainer.model.num_params():,} "
+              f"parameters", flush=True)
+        result = trainer.fit()
+        _report_training(args, trainer, result)
+        if result.interrupted:
+            return 0
+        load_model_weights(trainer.model, run.checkpoint_path("best"))
+    print("\nsamples (temperature 0.8):", flush=True)
+    rng = np.random.default_rng(0)
+    for prime in ("def ", "class ", "import "):
+        sys.stdout.write(prime)
+        generate(trainer.model, corpus.vocab, prime=prime, length=240, temperature=0.8, rng=rng,
+                 emit=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        sys.stdout.write("\n" + "-" * 60 + "\n")
+    return 0
+
+
+def _clear_old_demo(path) -> None:
+    """Delete an earlier *demo* run in ``path`` (and only that), so demo runs do not pile up."""
+    import shutil
+
+    from ..io import read_json
+    from ..lm.rundir import RunDir
+
+    run = RunDir(path)
+    if not run.config.is_file():
+        return
+    try:
+        old = read_json(run.config, "demo configuration")
+    except RnnlabError:
+        return
+    if isinstance(old, dict) and isinstance(old.get("train"), dict) and old["train"].get("extra", {}).get("demo"):
+        for f in (run.config, run.vocab, run.metrics, run.loss_plot):
+            f.unlink(missing_ok=True)
+        shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
+
+
+
+def register(sub) -> None:
+    t = sub.add_parser("train", help="train a language model on a UTF-8 text file")
+    t.add_argument("text", help="UTF-8 text file")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--force", action="store_true", help="start a new run in --out (old files are moved aside)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_options(t)
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("demo", help="train a small LSTM for about a minute on Python's own source, then sample")
+    d.add_argument("--seconds", type=_num(float, 1.0), default=60.0, help="training time (default 60)")
+    d.add_argument("--out", default="rnnlab-demo", help="run directory (default ./rnnlab-demo, replaced each time)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
