@@ -192,32 +192,6 @@ def test_plan_shards_compiled_loops(cfg, batch, cores, want, monkeypatch):
     assert plan_shards(model, batch, 0, cores) == want
 
 
-def test_resume_keeps_the_shard_count_of_the_checkpoint(tmp_path, capsys, monkeypatch):
-    """--threads 0 (auto) resolves per machine; a run resumed where auto would pick another count
-    keeps the checkpoint's, so it still ends bit-identical to the uninterrupted run."""
-    import rnnlab.lm.shards as shards
-    from rnnlab.cli import main
-    from rnnlab.lm.checkpoint import load_checkpoint
-
-    text = tmp_path / "t.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
-    opts = ["--model", "gru", "--layers", "1", "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8",
-            "--eval-every", "2", "--quiet", "--threads", "0", "--schedule", "constant"]
-    monkeypatch.setattr(shards, "usable_cores", lambda: 2)
-    monkeypatch.setattr(shards, "_min_step_work", lambda model: 0)  # split even this tiny model
-    assert main(["train", str(text), "--out", str(tmp_path / "straight"), *opts, "--max-steps", "6"]) == 0
-    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), *opts, "--max-steps", "3"]) == 0
-    first = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")[1]
-    assert first["shards"] == 2 and first["step"] == 3
-    monkeypatch.setattr(shards, "usable_cores", lambda: 1)  # auto would now mean one shard
-    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), "--resume", "--max-steps", "6"]) == 0
-    capsys.readouterr()
-    a, ma = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors")
-    b, mb = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
-    assert ma["step"] == mb["step"] == 6 and mb["shards"] == 2
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("cfg", MODELS, ids=[c["model"] for c in MODELS])
 @pytest.mark.parametrize("batch", [7, 2])
 def test_split_evaluation_equals_the_whole_batch(cfg, batch):
@@ -270,7 +244,7 @@ def test_evaluation_refuses_shards_of_another_model():
 
 def test_training_validates_on_the_training_threads(tmp_path, monkeypatch, capsys):
     """A split run's validation passes go through its BatchShards (one per run), not one thread;
-    so does ``rnnlab eval`` of that run."""
+    so does ``rnnlab eval`` of that run (which splits by the run's --threads)."""
     import rnnlab.lm.shards as shards
     from rnnlab.cli import main
 
@@ -287,13 +261,13 @@ def test_training_validates_on_the_training_threads(tmp_path, monkeypatch, capsy
     text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
     assert main(["train", str(text), "--out", str(tmp_path / "run"), "--model", "gru", "--layers", "1",
                  "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8", "--eval-every", "3",
-                 "--max-steps", "6", "--threads", "2", "--quiet"]) == 0
+                 "--max-steps", "6", "--threads", "2", "--plan", "split", "--quiet"]) == 0
     assert calls and all(n == 2 and b > 1 for n, b in calls)
 
     # rnnlab eval plans from the run's --threads too, and scores as one thread does
     import json
 
-    from rnnlab.cli import _load_run
+    from rnnlab.cli.common import load_run as _load_run
     from rnnlab.lm.evaluate import evaluate
 
     calls.clear()
@@ -304,32 +278,3 @@ def test_training_validates_on_the_training_threads(tmp_path, monkeypatch, capsy
     _, cfg, _, vocab, model, _ = _load_run(tmp_path / "run", "best")
     want = evaluate(model, vocab.encode(text.read_text(encoding="utf-8")), "stream", cfg.batch, cfg.seq_len)
     assert got["chars"] == want["chars"] and got["loss_nats"] == pytest.approx(want["loss_nats"], rel=1e-6)
-
-
-def test_resume_with_threads_changes_the_shard_count_and_says_so(tmp_path, capsys, monkeypatch):
-    """``--resume --threads N`` (a run moved to a machine with more or fewer cores) trains on the
-    count planned for N, says that the run is no longer bit-identical, and the next checkpoint
-    records the new count; the result agrees with the uninterrupted run to rounding."""
-    import rnnlab.lm.shards as shards
-    from rnnlab.cli import main
-    from rnnlab.lm.checkpoint import load_checkpoint
-
-    text = tmp_path / "t.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
-    opts = ["--model", "gru", "--layers", "1", "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8",
-            "--eval-every", "2", "--schedule", "constant", "--dtype", "float64"]
-    monkeypatch.setattr(shards, "_min_step_work", lambda model: 0)
-    assert main(["train", str(text), "--out", str(tmp_path / "straight"), *opts, "--quiet", "--threads", "1",
-                 "--max-steps", "6"]) == 0
-    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), *opts, "--quiet", "--threads", "1",
-                 "--max-steps", "3"]) == 0
-    capsys.readouterr()
-    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), "--resume", "--threads", "2",
-                 "--max-steps", "6"]) == 0
-    out = capsys.readouterr().out
-    assert "threads: 2 (the checkpoint trained on 1" in out and "no longer bit-identical" in out
-    a, ma = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors")
-    b, mb = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
-    assert ma["shards"] == 1 and mb["shards"] == 2 and mb["step"] == 6
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12, err_msg=k)

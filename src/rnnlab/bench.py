@@ -71,6 +71,12 @@ FLOORS = {"rnn": 2.0, "gru": 1.5, "lstm": 1.2}
 PEAK_FLOOR_C = 0.75
 MEM_RESOLUTION_MIB = 1.0
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+FORCED_AVX2 = {"OPENBLAS_CORETYPE": "Haswell", "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "-avx512f",
+               "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+"""The "forced" environment: AVX2 code on every side, as on a CPU without AVX-512: OpenBLAS's
+Haswell kernels, numba compiling for Haswell (the CPU name alone keeps the host's features, so
+AVX-512 is taken out of them explicitly), PyTorch's ATen kernels and oneDNN limited to AVX2."""
+ENV_VARS = BLAS_VARS + tuple(k for k in FORCED_AVX2 if k not in BLAS_VARS)
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 NOTES_MARKER = "<!-- notes: kept when the benchmark rewrites this file -->"
 
@@ -103,25 +109,26 @@ def executed_flops(cell: str, layers: int, B: int, T: int, H: int, E: int) -> fl
 # ---------------------------------------------------------------------------------------------
 # the two training steps
 # ---------------------------------------------------------------------------------------------
-def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, seed: int = 0, cores: int = 1,
-                     split: bool = True, lr: float = 1e-3, clip: float | None = None):
-    """The step ``rnnlab train`` runs by default on a machine with ``cores`` cores: forward, loss
-    and backward through :class:`rnnlab.lm.shards.BatchShards` with the shard count
-    :func:`~rnnlab.lm.shards.plan_shards` picks (``split=False``: one shard), global-norm
-    clipping when ``clip`` is given, then Adam. The returned function has the count as
-    ``.shards``."""
+def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, seed: int = 0, plan=None,
+                     lr: float = 1e-3, clip: float | None = None):
+    """The step ``rnnlab train`` runs: forward, loss and backward through the
+    :class:`~rnnlab.lm.shards.BatchShards` of ``plan`` (a :class:`rnnlab.lm.plan.Plan`; None:
+    ``blas`` on one thread), global-norm clipping when ``clip`` is given, then Adam. The caller
+    holds the BLAS at ``plan.blas_threads`` (as the trainer does for a whole run). The returned
+    function has the plan as ``.plan`` and the model as ``.model``."""
     import numpy as np
 
-    from .lm.shards import BatchShards, plan_shards
+    from .lm.plan import Plan
     from .models.recurrent_lm import RecurrentLM
     from .optim import Adam, clip_grad_norm
 
+    plan = plan or Plan("blas", 1)
     model = RecurrentLM(V, cell, H, layers, E, rng=np.random.default_rng(seed))
     opt = Adam(model.params, model.grads, lr=lr)
     rng = np.random.default_rng(seed + 1)
     x = rng.integers(0, V, (T, B))
     y = rng.integers(0, V, (T, B))
-    shards = BatchShards(model, plan_shards(model, B, 0, cores) if split else 1)
+    shards = plan.batch_shards(model)
 
     def step():
         loss, _ = shards.step(x, y)
@@ -130,7 +137,7 @@ def make_rnnlab_step(cell: str, layers: int, B: int, T: int, H: int, E: int, see
         opt.step()
         return loss
 
-    step.shards = shards.shards
+    step.plan, step.model = plan, model
     return step
 
 
@@ -165,13 +172,26 @@ TRAINER = dict(cell="lstm", layers=2, H=256, E=64, B=32, T=100, clip=1.0)
 """``rnnlab train``'s defaults (TrainConfig), with V = 65: the "trainer form" measurement."""
 
 
-def make_trainer_step(seed: int = 0, cores: int = 1):
-    """What ``rnnlab train`` runs per step with its defaults on ``cores`` cores (the schedule's
+def make_trainer_step(seed: int = 0, plan=None):
+    """What ``rnnlab train`` runs per step with its defaults by ``plan`` (the schedule's
     bookkeeping is negligible): :func:`make_rnnlab_step` with :data:`TRAINER`'s shapes, its
     learning rate and gradient clipping."""
     c = TRAINER
-    return make_rnnlab_step(c["cell"], c["layers"], c["B"], c["T"], c["H"], c["E"], seed=seed, cores=cores,
+    return make_rnnlab_step(c["cell"], c["layers"], c["B"], c["T"], c["H"], c["E"], seed=seed, plan=plan,
                             lr=3e-3, clip=c["clip"])
+
+
+def choose_plan(cell: str, layers: int, B: int, T: int, H: int, E: int, threads: int):
+    """``(plan, {kind: seconds})``: what ``rnnlab train --threads threads`` picks for this model
+    and the planner's own timings (:func:`rnnlab.lm.plan.fastest`, on a fresh model)."""
+    import numpy as np
+
+    from .lm.plan import fastest
+    from .models.recurrent_lm import RecurrentLM
+
+    model = RecurrentLM(V, cell, H, layers, E, rng=np.random.default_rng(0))
+    plan, timed = fastest(model, B, T, threads)
+    return plan, {p.kind: t for p, t in timed.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,14 +257,15 @@ def child_time(spec: dict) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from .nn import cells
+    from .lm.plan import Plan
+    from .nn import cells, packed
 
     threads = spec["threads"]
     torch.set_num_threads(threads)
     numba_on = cells.numba_enabled()
     loops_on = cells.sequence_loops(np, np.dtype(np.float32)) is not None
-    out = {"threads": threads, "env": {k: os.environ.get(k) for k in BLAS_VARS}, "numba": numba_on,
-           "loops": loops_on,
+    out = {"threads": threads, "env": {k: os.environ.get(k) for k in ENV_VARS}, "numba": numba_on,
+           "loops": loops_on, "numba_vector_bytes": packed.VECTOR_BYTES if numba_on else None,
            "blas": _blas_info(), "torch_threads": torch.get_num_threads(),
            "torch_cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(),
            "load_start": os.getloadavg(), "rows": []}
@@ -253,38 +274,38 @@ def child_time(spec: dict) -> dict:
         for row in spec["rows"]:
             cell, layers, cfg = row["cell"], row["layers"], row["config"]
             B, T, H, E = CONFIGS[cfg]
-            # rnnlab as `rnnlab train` runs it on `threads` cores (the batch split over threads
-            # with one BLAS thread each, where plan_shards splits); also unsplit on `threads`
-            # BLAS threads where that differs, for comparison
-            ours = make_rnnlab_step(cell, layers, B, T, H, E, cores=threads)
-            sides = {"rnnlab": ours, "torch": make_torch_step(cell, layers, B, T, H, E)}
-            if ours.shards > 1:
-                sides["rnnlab_blas"] = make_rnnlab_step(cell, layers, B, T, H, E, split=False)
+            # the plan `rnnlab train --threads N` picks (its own short measurement), then every
+            # candidate timed against torch in alternating blocks
+            chosen, planner = choose_plan(cell, layers, B, T, H, E, threads)
+            kinds = list(planner) or [chosen.kind]
+            sides = {"torch": make_torch_step(cell, layers, B, T, H, E)}
+            for kind in kinds:
+                sides[kind] = make_rnnlab_step(cell, layers, B, T, H, E, plan=Plan(kind, threads))
             for _ in range(spec["warmup"]):
-                for step in sides.values():
-                    step()
-            times = {name: [] for name in sides}
-            while len(times["rnnlab"]) < spec["steps"]:
-                k = min(BLOCK, spec["steps"] - len(times["rnnlab"]))
                 for name, step in sides.items():
-                    times[name] += _block(step, k, threads, 1 if getattr(step, "shards", 1) > 1 else None)
-            res = dict(row, shards=ours.shards)
-            for name, ts in times.items():
-                res[f"{name}_s"] = statistics.median(ts)
-                res[f"{name}_all"] = ts
+                    _block(step, 0, 1, step.plan.blas_threads if name != "torch" else None)
+            times = {name: [] for name in sides}
+            while len(times["torch"]) < spec["steps"]:
+                k = min(BLOCK, spec["steps"] - len(times["torch"]))
+                for name, step in sides.items():
+                    times[name] += _block(step, k, threads, step.plan.blas_threads if name != "torch" else None)
+            med = {name: statistics.median(ts) for name, ts in times.items()}
+            res = dict(row, plan=chosen.kind, planner=planner, torch_s=med["torch"], rnnlab_s=med[chosen.kind],
+                       plans={k: med[k] for k in kinds}, all=times)
             del sides
             out["rows"].append(res)
-            blas = f"  ({ours.shards} shards; unsplit {res['rnnlab_blas_s'] * 1e3:.2f} ms)" if ours.shards > 1 else ""
-            print(f"  {cell:4s} L{layers} {cfg} {threads}t: rnnlab {res['rnnlab_s'] * 1e3:9.2f} ms  "
-                  f"torch {res['torch_s'] * 1e3:9.2f} ms  x{res['torch_s'] / res['rnnlab_s']:.2f}{blas}",
-                  file=sys.stderr, flush=True)
+            print(f"  {cell:4s} L{layers} {cfg} {threads}t: torch {med['torch'] * 1e3:8.2f} ms | "
+                  + "  ".join(f"{k}{'*' if k == chosen.kind else ''} {med[k] * 1e3:.2f}" for k in kinds)
+                  + f" ms | x{med['torch'] / res['rnnlab_s']:.2f}", file=sys.stderr, flush=True)
         if spec.get("trainer"):
-            step = make_trainer_step(cores=threads)
-            for _ in range(spec["warmup"] + 1):
-                step()
-            times = _block(step, spec["steps"], threads, 1 if step.shards > 1 else None)
-            out["trainer"] = {"s": statistics.median(times), "chars": TRAINER["B"] * TRAINER["T"]}
-            print(f"  trainer form {threads}t: {out['trainer']['s'] * 1e3:.2f} ms", file=sys.stderr, flush=True)
+            c = TRAINER
+            chosen, _ = choose_plan(c["cell"], c["layers"], c["B"], c["T"], c["H"], c["E"], threads)
+            step = make_trainer_step(plan=chosen)
+            _block(step, spec["warmup"], 1, chosen.blas_threads)
+            times = _block(step, spec["steps"], threads, chosen.blas_threads)
+            out["trainer"] = {"s": statistics.median(times), "chars": c["B"] * c["T"], "plan": chosen.kind}
+            print(f"  trainer form {threads}t ({chosen.kind}): {out['trainer']['s'] * 1e3:.2f} ms", file=sys.stderr,
+                  flush=True)
     # The peak again after the rows: on a shared machine the better of the two is the closer
     # estimate of what the hardware gives.
     out["gemm_peak_before"] = out["gemm_peak"]
@@ -321,12 +342,14 @@ def child_memory(spec: dict) -> dict:
         torch.set_num_threads(1)
         make = make_torch_step
     else:
+        from .lm.plan import Plan
         from .nn import cells
 
         cells.numba_enabled()  # import numba and the kernels before the baseline, like torch
+        plan = Plan(spec.get("plan", "blas"), spec.get("threads", 1))
 
         def make(*a):
-            return make_rnnlab_step(*a, cores=spec.get("cores", 1))
+            return make_rnnlab_step(*a, plan=plan)
     import numpy  # noqa: F401
 
     # One-time initialisation (numba's cache loading, oneDNN's kernels, thread pools) is not the
@@ -359,10 +382,10 @@ def child_memory(spec: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 def _child_env(forced: bool, threads: int) -> dict:
     env = dict(os.environ)
-    for k in BLAS_VARS:
+    for k in ENV_VARS:
         env.pop(k, None)
     if forced:
-        env["OPENBLAS_CORETYPE"] = "Haswell"
+        env.update(FORCED_AVX2)
     for k in THREAD_VARS:
         env[k] = str(threads)
     src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -422,6 +445,13 @@ def _fmt_rate(x: float) -> str:
     return f"{x / 1e3:,.0f}k" if x >= 1e4 else f"{x:,.0f}"
 
 
+ENV_LABELS = {"unset": "AVX-512 where the CPU has it: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, numba and torch "
+                      "on their own choice",
+              "forced": "AVX2 forced: " + ", ".join(f"{k}={v}" for k, v in FORCED_AVX2.items())}
+PLAN_SLACK = 1.05
+"""The chosen plan may be at most this much slower than the fastest candidate in a row."""
+
+
 def build_report(res: dict) -> str:
     m, args = res["machine"], res["args"]
     lines = ["# Training-step benchmark: rnnlab vs PyTorch (CPU, float32)", ""]
@@ -432,107 +462,133 @@ def build_report(res: dict) -> str:
               ""]
     lines += ["Step: ids (T, B) -> embedding (E; one-hot for D) -> recurrent (L layers) -> linear (V = 65) -> "
               "softmax cross-entropy -> backward -> Adam. rnnlab: `RecurrentLM` + `softmax_cross_entropy` + "
-              "`Adam` through `BatchShards`, exactly what `rnnlab train` runs per step (without its gradient "
-              "clipping). "
-              f"Median of {args['steps']} timed steps after {args['warmup']} warm-up steps; both sides in one process "
-              f"at the same thread count, alternating in blocks of one untimed + {BLOCK} timed steps (a 0.15 s pause "
-              "before each block at 2 threads, so the other side's spinning idle threads are asleep). "
-              "chars/s = B*T / step time.", ""]
-    for key, label in (("unset", "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset"),
-                       ("forced", "OPENBLAS_CORETYPE=Haswell forced")):
-        for th, run in sorted(res["runs"].get(key, {}).items()):
-            blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['library']}), kernel {b['architecture']}, "
-                             f"{b['num_threads']} thread(s)" for b in run["blas"] if b["user_api"] == "blas")
-            lines.append(f"- {label}, {th} thread(s): BLAS seen by threadpoolctl: {blas}; float32 GEMM peak "
-                         f"{run['gemm_peak']:.1f} GFLOP/s (best of before/after the rows: "
-                         f"{run.get('gemm_peak_before', run['gemm_peak']):.1f} / {run.get('gemm_peak_after', run['gemm_peak']):.1f}); numba kernels {'on' if run['numba'] else 'OFF'}"
-                         f"{'' if 'loops' not in run else ', compiled loops over time ' + ('on' if run['loops'] else 'OFF')}; "
-                         f"load average {run['load_start'][0]:.1f} -> {run['load_end'][0]:.1f}.")
-    lines.append("")
-    lines += ["Columns: rnnlab runs what `rnnlab train` runs by default on thr cores: where "
-              "`rnnlab.lm.shards.plan_shards` splits the batch (a recurrent model with enough work per time "
-              "step), its rows go to thr threads with one BLAS thread each, and the unsplit column gives the "
-              "single-threaded step on thr BLAS threads for comparison (- where nothing is split); ratio = rnnlab chars/s / torch "
-              "chars/s; GF/s = GEMM FLOPs of the dense model counted "
-              "from the shapes / step time (same count for both sides); exec = the FLOPs rnnlab actually "
-              "runs (the embedding is fused into the first layer) / step time; %peak = rnnlab GF/s (exec) / "
-              "GEMM peak; memory = peak RSS growth of a separate process from before the model is "
-              "built to the end of its steps (rnnlab's step at the row's thread count, torch's at 1 thread); "
-              "forced = the same ratio with OPENBLAS_CORETYPE=Haswell. "
-              "Floors: rnn >= 2x, gru >= 1.5x, lstm >= 1.2x; config C >= 75% of peak; memory <= torch "
-              "(within 1 MiB, the resolution of an RSS difference).", ""]
-    head = ("| cell | L | cfg | thr | rnnlab chars/s | torch chars/s | ratio | rnnlab GF/s (exec) | %peak "
-            "| torch GF/s | rnnlab MiB | torch MiB | forced ratio | unsplit chars/s | floors |")
-    lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
-    mem = res.get("memory", {})
-    for r in res["table"]:
-        mk = f"{r['cell']}-{r['layers']}-{r['config']}"
-        mrow = mem.get(mk, {})
-        mo, mt = mrow.get(f"rnnlab_{r['threads']}", mrow.get("rnnlab")), mrow.get("torch")
-        ok = []
-        ok.append("ratio " + ("ok" if r["ratio"] >= FLOORS[r["cell"]] else "MISS"))
-        if r["config"] == "C":
-            ok.append("peak " + ("ok" if r["peak_frac"] >= PEAK_FLOOR_C else "MISS"))
-        if mo is not None and mt is not None:  # RSS is counted in pages: below 1 MiB is noise
-            ok.append("mem " + ("ok" if mo <= mt + MEM_RESOLUTION_MIB else "MISS"))
-        forced = f"{r['forced_ratio']:.2f}x" if r.get("forced_ratio") else "-"
-        lines.append(
-            f"| {r['cell']} | {r['layers']} | {r['config']} | {r['threads']} | {_fmt_rate(r['rnnlab_cps'])} | "
-            f"{_fmt_rate(r['torch_cps'])} | **{r['ratio']:.2f}x** | {r['rnnlab_gflops']:.1f} ({r['rnnlab_exec_gflops']:.1f}) | "
-            f"{100 * r['peak_frac']:.0f}% | {r['torch_gflops']:.1f} | "
-            f"{'-' if mo is None else f'{mo:.1f}'} | {'-' if mt is None else f'{mt:.1f}'} | {forced} | "
-            f"{_fmt_rate(r['rnnlab_blas_cps']) if 'rnnlab_blas_cps' in r else '-'} | {', '.join(ok)} |")
-    lines.append("")
-    misses = [r for r in res["table"] if r["ratio"] < FLOORS[r["cell"]]]
-    if misses:
-        lines += ["Rows below their ratio floor, and what meeting it would take: the step time the floor allows, "
-                  "and the GEMM rate (FLOPs rnnlab executes / that time) as a share of the measured peak:", ""]
-        for r in misses:
-            B, T, H, E = CONFIGS[r["config"]]
-            need_s = r["torch_s"] / FLOORS[r["cell"]]
-            ex = executed_flops(r["cell"], r["layers"], B, T, H, E)
-            lines.append(f"- {r['cell']} L{r['layers']} {r['config']} {r['threads']}t: {FLOORS[r['cell']]:.1f}x needs "
-                         f"<= {need_s * 1e3:.1f} ms (now {r['rnnlab_s'] * 1e3:.1f} ms), i.e. {ex / need_s / 1e9:.0f} GFLOP/s "
-                         f"= {100 * ex / need_s / 1e9 / r['gemm_peak']:.0f}% of peak.")
+              "`Adam` through the `BatchShards` of a parallel plan (`rnnlab.lm.plan`), exactly what `rnnlab train` "
+              "runs per step (without its gradient clipping). In each row the plan `rnnlab train` would choose is "
+              "chosen first, by the trainer's own short measurement (`plan.fastest`); then torch and every "
+              f"candidate plan are timed: median of {args['steps']} timed steps after {args['warmup']} warm-up "
+              f"steps, all in one process at the same thread count, alternating in blocks of one untimed + {BLOCK} "
+              "timed steps (a 0.15 s pause before each block at 2 threads, so the other side's spinning idle "
+              "threads are asleep). chars/s = B*T / step time.", ""]
+    envs = [key for key in ("unset", "forced") if res["runs"].get(key)]
+    for key in envs:
+        lines += [f"## {ENV_LABELS[key]}", ""]
+        for th, run in sorted(res["runs"][key].items()):
+            blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['library']}), kernel {b['architecture']}"
+                             for b in run["blas"] if b["user_api"] == "blas")
+            vec = run.get("numba_vector_bytes")
+            loads = run.get("loads", [(run["load_start"][0], run["load_end"][0])])
+            peaks = run.get("gemm_peaks", [run["gemm_peak"]])
+            lines.append(f"- {th} thread(s): BLAS {blas}; numba {'on' if run['numba'] else 'OFF'}"
+                         + (f" ({vec * 8}-bit vectors)" if vec else "")
+                         + f"; torch CPU capability {run.get('torch_cpu_capability', '?')}; float32 GEMM peak "
+                         f"{run['gemm_peak']:.1f} GFLOP/s (best of the runs' before/after peaks: "
+                         + ", ".join(f"{x:.0f}" for x in peaks) + "); load average "
+                         + ", ".join(f"{x:.1f} -> {y:.1f}" for x, y in loads) + ".")
         lines.append("")
+        lines += _main_table(res, key)
+        lines += _plan_table(res, key)
+        lines += _misses(res, key)
     tr = {th: run["trainer"] for th, run in sorted(res["runs"].get("unset", {}).items()) if "trainer" in run}
     if tr:
         c = TRAINER
         lines += [f"Trainer form (what `rnnlab train` runs per step with its defaults: {c['cell']}, {c['layers']} layers, "
                   f"hidden {c['H']}, embed {c['E']}, batch {c['B']}, seq_len {c['T']}, V = {V}, gradient clipping "
-                  f"{c['clip']}, Adam): " + ", ".join(f"{t['chars'] / t['s']:,.0f} chars/s at {th} thread(s)"
-                                                      for th, t in tr.items()) + ".", ""]
+                  f"{c['clip']}, Adam; the plan it chooses): "
+                  + ", ".join(f"{t['chars'] / t['s']:,.0f} chars/s at {th} thread(s) ({t.get('plan', '?')})"
+                              for th, t in tr.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def _main_table(res: dict, key: str) -> list[str]:
+    lines = ["Columns: plan = the plan `rnnlab train` chooses on thr threads (`rnnlab.lm.plan`); rnnlab chars/s = "
+             "that plan's; ratio = rnnlab chars/s / torch chars/s; GF/s = GEMM FLOPs of the dense model counted from "
+             "the shapes / step time (same count for both sides); exec = the FLOPs rnnlab actually runs (the "
+             "embedding is fused into the first layer) / step time; %peak = rnnlab GF/s (exec) / GEMM peak at thr "
+             "threads; memory = peak RSS growth of a separate process from before the model is built to the end of "
+             "its steps (rnnlab's step by the chosen plan, torch's at 1 thread); best = the fastest candidate "
+             "(chars/s); chosen/best = the chosen plan's step time over the best one's. Floors: rnn >= 2x, "
+             f"gru >= 1.5x, lstm >= 1.2x; config C >= 75% of peak; chosen/best <= {PLAN_SLACK:.2f}; memory <= torch "
+             "(within 1 MiB, the resolution of an RSS difference).", ""]
+    head = ("| cell | L | cfg | thr | plan | rnnlab chars/s | torch chars/s | ratio | rnnlab GF/s (exec) | %peak "
+            "| torch GF/s | rnnlab MiB | torch MiB | best (chars/s) | chosen/best | floors |")
+    lines += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    mem = res.get("memory", {}) if key == "unset" else {}
+    for r in (r for r in res["table"] if r["env"] == key):
+        mrow = mem.get(f"{r['cell']}-{r['layers']}-{r['config']}", {})
+        mo, mt = mrow.get(f"rnnlab_{r['threads']}", mrow.get("rnnlab")) if r["threads"] > 1 else mrow.get("rnnlab"), \
+            mrow.get("torch")
+        ok = ["ratio " + ("ok" if r["ratio"] >= FLOORS[r["cell"]] else "MISS")]
+        if r["config"] == "C":
+            ok.append("peak " + ("ok" if r["peak_frac"] >= PEAK_FLOOR_C else "MISS"))
+        ok.append("plan " + ("ok" if r["chosen_over_best"] <= PLAN_SLACK else "MISS"))
+        if mo is not None and mt is not None:  # RSS is counted in pages: below 1 MiB is noise
+            ok.append("mem " + ("ok" if mo <= mt + MEM_RESOLUTION_MIB else "MISS"))
+        lines.append(
+            f"| {r['cell']} | {r['layers']} | {r['config']} | {r['threads']} | {r['plan']} | {_fmt_rate(r['rnnlab_cps'])} | "
+            f"{_fmt_rate(r['torch_cps'])} | **{r['ratio']:.2f}x** | {r['rnnlab_gflops']:.1f} ({r['rnnlab_exec_gflops']:.1f}) | "
+            f"{100 * r['peak_frac']:.0f}% | {r['torch_gflops']:.1f} | "
+            f"{'-' if mo is None else f'{mo:.1f}'} | {'-' if mt is None else f'{mt:.1f}'} | "
+            f"{r['best']} ({_fmt_rate(r['best_cps'])}) | {r['chosen_over_best']:.2f} | {', '.join(ok)} |")
+    return lines + [""]
+
+
+def _plan_table(res: dict, key: str) -> list[str]:
+    rows = [r for r in res["table"] if r["env"] == key and len(r["plans"]) > 1]
+    if not rows:
+        return []
+    from .lm.plan import KINDS
+
+    kinds = [k for k in KINDS if any(k in r["plans"] for r in rows)]
+    lines = ["Every candidate plan, chars/s (* the chosen one; the planner's own per-step timings, forward + "
+             "backward, in the JSON):", "",
+             "| cell | L | cfg | thr | " + " | ".join(kinds) + " |", "|" + "|".join(["---"] * (4 + len(kinds))) + "|"]
+    for r in rows:
+        B, T = CONFIGS[r["config"]][:2]
+        cells = [f"{_fmt_rate(B * T / r['plans'][k])}{'*' if k == r['plan'] else ''}" if k in r["plans"] else "-"
+                 for k in kinds]
+        lines.append(f"| {r['cell']} | {r['layers']} | {r['config']} | {r['threads']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _misses(res: dict, key: str) -> list[str]:
+    misses = [r for r in res["table"] if r["env"] == key and r["ratio"] < FLOORS[r["cell"]]]
+    if not misses:
+        return []
+    lines = ["Rows below their ratio floor, and what meeting it would take: the step time the floor allows, "
+             "and the GEMM rate (FLOPs rnnlab executes / that time) as a share of the measured peak:", ""]
+    for r in misses:
+        B, T, H, E = CONFIGS[r["config"]]
+        need_s = r["torch_s"] / FLOORS[r["cell"]]
+        ex = executed_flops(r["cell"], r["layers"], B, T, H, E)
+        lines.append(f"- {r['cell']} L{r['layers']} {r['config']} {r['threads']}t: {FLOORS[r['cell']]:.1f}x needs "
+                     f"<= {need_s * 1e3:.1f} ms (now {r['rnnlab_s'] * 1e3:.1f} ms), i.e. {ex / need_s / 1e9:.0f} GFLOP/s "
+                     f"= {100 * ex / need_s / 1e9 / r['gemm_peak']:.0f}% of peak.")
+    return lines + [""]
 
 
 def _table(res: dict) -> list[dict]:
     rows = []
-    unset = res["runs"].get("unset", {})
-    forced = res["runs"].get("forced", {})
-    for th, run in sorted(unset.items()):
-        fidx = {(r["cell"], r["layers"], r["config"]): r for r in forced.get(th, {}).get("rows", [])}
-        for r in run["rows"]:
-            B, T, H, E = CONFIGS[r["config"]]
-            fl = model_flops(r["cell"], r["layers"], B, T, H, E)
-            ex = executed_flops(r["cell"], r["layers"], B, T, H, E)
-            row = {"cell": r["cell"], "layers": r["layers"], "config": r["config"], "threads": int(th),
-                   "rnnlab_s": r["rnnlab_s"], "torch_s": r["torch_s"],
-                   "rnnlab_cps": B * T / r["rnnlab_s"], "torch_cps": B * T / r["torch_s"],
-                   "ratio": r["torch_s"] / r["rnnlab_s"], "model_gflop": fl / 1e9,
-                   "rnnlab_gflops": fl / r["rnnlab_s"] / 1e9, "rnnlab_exec_gflops": ex / r["rnnlab_s"] / 1e9,
-                   "torch_gflops": fl / r["torch_s"] / 1e9, "gemm_peak": run["gemm_peak"]}
-            row["peak_frac"] = row["rnnlab_exec_gflops"] / run["gemm_peak"]
-            if "rnnlab_blas_s" in r:
-                row["rnnlab_blas_s"] = r["rnnlab_blas_s"]
-                row["rnnlab_blas_cps"] = B * T / r["rnnlab_blas_s"]
-            f = fidx.get((r["cell"], r["layers"], r["config"]))
-            if f is not None:
-                row["forced_ratio"] = f["torch_s"] / f["rnnlab_s"]
-                row["forced_rnnlab_cps"] = B * T / f["rnnlab_s"]
-                row["forced_torch_cps"] = B * T / f["torch_s"]
-            rows.append(row)
+    for key in ("unset", "forced"):
+        for th, run in sorted(res["runs"].get(key, {}).items()):
+            for r in run["rows"]:
+                B, T, H, E = CONFIGS[r["config"]]
+                fl = model_flops(r["cell"], r["layers"], B, T, H, E)
+                ex = executed_flops(r["cell"], r["layers"], B, T, H, E)
+                peak = r.get("gemm_peak", run["gemm_peak"])
+                best = min(r["plans"], key=r["plans"].get)
+                row = {"env": key, "cell": r["cell"], "layers": r["layers"], "config": r["config"], "threads": int(th),
+                       "plan": r["plan"], "plans": r["plans"], "planner": r.get("planner", {}),
+                       "rnnlab_s": r["rnnlab_s"], "torch_s": r["torch_s"],
+                       "rnnlab_cps": B * T / r["rnnlab_s"], "torch_cps": B * T / r["torch_s"],
+                       "ratio": r["torch_s"] / r["rnnlab_s"], "model_gflop": fl / 1e9,
+                       "rnnlab_gflops": fl / r["rnnlab_s"] / 1e9, "rnnlab_exec_gflops": ex / r["rnnlab_s"] / 1e9,
+                       "torch_gflops": fl / r["torch_s"] / 1e9, "gemm_peak": peak,
+                       "best": best, "best_cps": B * T / r["plans"][best],
+                       "chosen_over_best": r["rnnlab_s"] / r["plans"][best]}
+                row["peak_frac"] = row["rnnlab_exec_gflops"] / peak
+                rows.append(row)
     order = {"rnn": 0, "gru": 1, "lstm": 2}
-    rows.sort(key=lambda r: (order[r["cell"]], r["layers"], r["config"], r["threads"]))
+    rows.sort(key=lambda r: (r["env"] != "unset", order[r["cell"]], r["layers"], r["config"], r["threads"]))
     return rows
 
 
@@ -555,7 +611,8 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--markdown", help="write the report to this file (e.g. docs/benchmarks.md)")
     p.add_argument("--json", help="write the raw results to this file")
-    p.add_argument("--from-json", help="rebuild the report from a --json file of an earlier run (no measuring)")
+    p.add_argument("--from-json", help="rebuild the report from --json files of earlier runs, comma-separated "
+                                       "(no measuring); the rows of several runs (e.g. one per config) are merged")
     p.add_argument("--child-time", help=argparse.SUPPRESS)
     p.add_argument("--child-memory", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -568,8 +625,7 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
         return 0
 
     if args.from_json:
-        with open(args.from_json) as f:
-            res = json.load(f)
+        res = merge_results([_read_json(f) for f in args.from_json.split(",") if f])
         res["table"] = _table(res)
         _write_outputs(res, args)
         return 0
@@ -596,9 +652,10 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
     res = {"command": " ".join([prog] + argv),
            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(),
            "args": {"steps": args.steps, "warmup": args.warmup}, "runs": {}, "memory": {},
-           "parent_env": {k: os.environ.get(k) for k in BLAS_VARS}}
+           "parent_env": {k: os.environ.get(k) for k in ENV_VARS}}
     print(f"rnnlab bench: parent environment {res['parent_env']}; children run with them unset"
-          f"{'' if args.no_forced else ' and with OPENBLAS_CORETYPE=Haswell forced'}", file=sys.stderr)
+          f"{'' if args.no_forced else ' and with AVX2 forced (' + ' '.join(f'{k}={v}' for k, v in FORCED_AVX2.items()) + ')'}",
+          file=sys.stderr)
     for key in ("unset",) + (() if args.no_forced else ("forced",)):
         for th in threads:
             print(f"[{key}, {th} thread(s)]", file=sys.stderr, flush=True)
@@ -609,11 +666,15 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
         print("[peak memory, separate processes]", file=sys.stderr, flush=True)
         for r in rows:
             mk = f"{r['cell']}-{r['layers']}-{r['config']}"
-            # rnnlab's step differs with the thread count (the batch split over threads): measured
-            # for each; torch's step is the same computation at any thread count
-            sides = [("rnnlab", 1)] + [(f"rnnlab_{th}", th) for th in threads if th > 1] + [("torch", 1)]
-            for key, cores in sides:
-                spec = dict(r, side=key.split("_")[0], cores=cores, steps=max(2, min(args.warmup + 1, 3)))
+            # rnnlab's step differs with the plan (a split holds a set of gradients per shard):
+            # measured with the plan chosen at each thread count; torch's step is the same
+            # computation at any thread count
+            sides = [(f"rnnlab_{th}" if th > 1 else "rnnlab", th) for th in threads] + [("torch", 1)]
+            for key, th in sides:
+                plan = next((row["plan"] for row in res["runs"]["unset"][str(th)]["rows"]
+                             if (row["cell"], row["layers"], row["config"]) == (r["cell"], r["layers"], r["config"])),
+                            "blas") if key != "torch" else None
+                spec = dict(r, side=key.split("_")[0], threads=th, plan=plan, steps=max(2, min(args.warmup + 1, 3)))
                 out = _run_child("memory", spec, _child_env(False, 1))
                 res["memory"].setdefault(mk, {})[key] = out["peak_delta_mib"]
                 res["memory"][mk]["method"] = out["method"]
@@ -622,6 +683,38 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
     res["table"] = _table(res)
     _write_outputs(res, args)
     return 0
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One result from the results of several runs (each row keeps its own run's GEMM peak and
+    load average); the machine and arguments of the first."""
+    if len(parts) == 1:
+        return parts[0]
+    res = {k: parts[0][k] for k in ("machine", "args", "date", "parent_env") if k in parts[0]}
+    res["command"] = " ; ".join(p["command"] for p in parts)
+    res["runs"], res["memory"] = {}, {}
+    for part in parts:
+        res["memory"].update(part.get("memory", {}))
+        for key, by_threads in part["runs"].items():
+            for th, run in by_threads.items():
+                rows = [dict(r, gemm_peak=run["gemm_peak"]) for r in run["rows"]]
+                have = res["runs"].setdefault(key, {}).get(th)
+                if have is None:
+                    res["runs"][key][th] = dict(run, rows=rows, gemm_peaks=[run["gemm_peak"]],
+                                                loads=[(run["load_start"][0], run["load_end"][0])])
+                else:
+                    have["rows"] += rows
+                    have["gemm_peaks"].append(run["gemm_peak"])
+                    have["loads"].append((run["load_start"][0], run["load_end"][0]))
+                    have["gemm_peak"] = max(have["gemm_peaks"])
+                    if "trainer" in run:
+                        have["trainer"] = run["trainer"]
+    return res
 
 
 def _write_outputs(res: dict, args) -> None:

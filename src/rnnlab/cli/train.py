@@ -34,10 +34,12 @@ TRAIN_OPTIONS = [
     ("--seed", "seed", _num(int, 0), "random seed (default 1337)"),
     ("--dtype", "dtype", str, "float32 | float64 (default float32)"),
     ("--device", "device", str, "cpu | cuda (default cpu)"),
-    ("--threads", "threads", _num(int, 0), "CPU threads, each training on a block of the batch's rows; "
-                                           "0 = decide from the cores and the model's size (default 0)"),
+    ("--threads", "threads", _num(int, 0), "CPU threads a step uses, 0 = every usable core (default 0)"),
+    ("--plan", "plan", str, "how a step uses the threads: auto = the fastest candidate, timed at the start of the "
+                            "first run of this model shape on this machine and remembered; measure = time them "
+                            "again; or one of blas, packed, team, split, split-packed (default auto)"),
 ]
-RESUME_OVERRIDABLE = {"max_steps", "max_time", "eval_every", "device", "threads"}
+RESUME_OVERRIDABLE = {"max_steps", "max_time", "eval_every", "device", "threads", "plan"}
 
 
 def _add_train_options(p):
@@ -62,7 +64,7 @@ def _train_config(args, base=None):
     if bad:
         flags = ", ".join("--" + b.replace("_", "-") for b in bad)
         raise RnnlabError(f"--resume continues with the run's saved options; drop {flags} (only --max-steps, "
-                          "--max-time, --eval-every, --device, --threads may change) or start a new run")
+                          "--max-time, --eval-every, --device, --threads, --plan may change) or start a new run")
     for k, v in given.items():
         setattr(base, k, v)
     return base.validate()
@@ -102,7 +104,7 @@ def cmd_train(args) -> int:
                                   seed=cfg.seed, vocab=vocab)
             del text
             trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
-            saved_shards = trainer.restore(keep_shards=args.threads is None)
+            saved_plan = trainer.restore(keep_plan=args.threads is None and args.plan is None)
         else:
             trainer.run = run  # the locked run directory
             write_run_files(run, cfg, corpus)
@@ -110,9 +112,12 @@ def cmd_train(args) -> int:
                    f"{corpus.describe()}")
         _say(args, f"model: {cfg.model}, {trainer.model.num_params():,} parameters, {cfg.dtype} on {cfg.device}; "
                    f"run directory {run.path}" + (f" (resuming at step {trainer.step})" if args.resume else ""))
-        if args.resume and trainer.shards != saved_shards and cfg.device == "cpu":  # CuPy always runs one shard
-            _say(args, f"threads: {trainer.shards} (the checkpoint trained on {saved_shards}; gradients are summed "
-                       "in another order, so this run is no longer bit-identical to an uninterrupted one)")
+        trainer.log = lambda line: _say(args, line)  # the plan's line among the others
+        if args.resume and trainer.plan is not None:
+            _say(args, f"plan: {trainer.plan.describe()}, as the checkpoint trained")
+        elif args.resume and trainer.make_plan().bits != saved_plan.bits and cfg.device == "cpu":
+            _say(args, f"(the checkpoint trained with {saved_plan.describe()}, which sums in another order: this run "
+                       "is no longer bit-identical to an uninterrupted one)")
         result = trainer.fit()
         _report_training(args, trainer, result)
     return 0
@@ -122,7 +127,6 @@ def cmd_train(args) -> int:
 
 def _report_training(args, trainer, result):
     from ..lm.evaluate import evaluate
-    from ..lm.shards import BatchShards
     from ..lm.trainer import load_model_weights
 
     run = trainer.run
@@ -142,7 +146,7 @@ def _report_training(args, trainer, result):
         best = run.checkpoint_path("best")
         if best.is_file():
             load_model_weights(trainer.model, best)
-        with BatchShards(trainer.model, trainer.shards) as shards:  # the rows over the training's threads
+        with trainer.plan.batch_shards(trainer.model) as shards:  # the training's plan
             t = evaluate(trainer.model, trainer.corpus.split.test, trainer.corpus.mode, cfg.batch, cfg.seq_len,
                          shards=shards)
         lines.append(f"test loss {t['loss_nats']:.4f} nats/char, {t['bits_per_char']:.4f} bits/char, "

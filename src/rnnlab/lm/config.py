@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from ..errors import RnnlabError
 from ..models import MODEL_KINDS
 from ..optim import OPTIMIZERS, SCHEDULES
+from .plan import AUTO, KINDS, MEASURE
+
+PLANS = (AUTO, MEASURE) + KINDS
 
 
 @dataclass
@@ -41,7 +44,8 @@ class TrainConfig:
     lines: bool = False            # each non-empty line is one item (names, words, sentences)
     dtype: str = "float32"
     device: str = "cpu"
-    threads: int = 0               # CPU threads, each training on a block of batch rows (0 = auto, see shards.py)
+    threads: int = 0               # CPU threads a step uses (0 = every usable core)
+    plan: str = "auto"             # how a step uses them: auto | measure (the fastest, timed) or a kind of lm/plan.py
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. the demo's label)
 
     def to_dict(self) -> dict:
@@ -93,6 +97,7 @@ class TrainConfig:
         need(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda")
         need(0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
         need(0 <= self.threads <= 1024, "threads", "must be an integer in [0, 1024] (0 = automatic)")
+        need(self.plan in PLANS, "plan", f"must be one of {', '.join(PLANS)}")
         return self
 
     def model_config(self, vocab_size: int) -> dict:

@@ -124,17 +124,21 @@ def _join_states(xp, states: list):
 
 
 class BatchShards:
-    """``BatchShards(model, shards)``: ``loss, state_n = step(x, y, state, lengths, rng)`` runs
-    forward, loss and backward and leaves the gradient of the batch's mean loss in
+    """``BatchShards(model, shards, gemm, team)``: ``loss, state_n = step(x, y, state, lengths,
+    rng)`` runs forward, loss and backward and leaves the gradient of the batch's mean loss in
     ``model.grads`` (overwritten, not added to). ``shards=1`` is the plain single-threaded step;
-    the CuPy backend always runs one shard. Call :meth:`close` (or use ``with``) to stop the
-    worker threads."""
+    the CuPy backend always runs one shard. Each shard's recurrent layers run their loops over
+    time with the per-step GEMM ``gemm`` and each step split over ``team`` threads
+    (:func:`rnnlab.nn.cells.loop_settings`; CuPy ignores both). Call :meth:`close` (or use
+    ``with``) to stop the worker threads."""
 
-    def __init__(self, model, shards: int = 1) -> None:
-        if shards < 1:
-            raise ValueError(f"shards must be >= 1, got {shards}")
+    def __init__(self, model, shards: int = 1, gemm: str = "blas", team: int = 1) -> None:
+        if shards < 1 or team < 1:
+            raise ValueError(f"shards and team must be >= 1, got {shards}, {team}")
         self.model = model
         self.shards = 1 if backend.xp is not np else int(shards)
+        self.gemm, self.team = (gemm, int(team)) if backend.xp is np else ("blas", 1)
+        cells.loop_settings(self.gemm, self.team)  # refuses settings this installation cannot run
         self.replicas = [model] + [model.replica() for _ in range(self.shards - 1)]
         self._pool = ThreadPoolExecutor(self.shards - 1, thread_name_prefix="rnnlab-shard") if self.shards > 1 else None
 
@@ -155,10 +159,11 @@ class BatchShards:
         loss as a 0-d array and the model's state after the batch."""
         model = self.model
         if min(self.shards, x.shape[1]) == 1:
-            logits, state_n, cache = model.forward(x, state, lengths=lengths, rng=rng)
-            loss, dlogits = softmax_cross_entropy(logits, y)
-            model.zero_grad()
-            model.backward(dlogits, cache)
+            with cells.loop_settings(self.gemm, self.team):
+                logits, state_n, cache = model.forward(x, state, lengths=lengths, rng=rng)
+                loss, dlogits = softmax_cross_entropy(logits, y)
+                model.zero_grad()
+                model.backward(dlogits, cache)
             return loss, state_n
         xp = backend.xp
         count = int((y != -1).sum())
@@ -189,7 +194,8 @@ class BatchShards:
             return softmax_cross_entropy(logits, y, reduction="sum")[0], state_n
 
         if min(self.shards, x.shape[1]) == 1:
-            return shard(self.model, x, y, state, lengths, None)
+            with cells.loop_settings(self.gemm, self.team):
+                return shard(self.model, x, y, state, lengths, None)
         return self._map(shard, x, y, state, lengths, None)
 
     def _map(self, fn, x, y, state, lengths, rng):
@@ -208,7 +214,7 @@ class BatchShards:
             rep = self.replicas[j]
             if rep.training != model.training:
                 rep.train(model.training)
-            with np.errstate(**err):
+            with np.errstate(**err), cells.loop_settings(self.gemm, self.team):
                 return fn(rep, x[:, lo:hi], y[:, lo:hi], _split_state(state, lo, hi),
                           None if lengths is None else lengths[lo:hi],
                           None if seeds[j] is None else np.random.default_rng(int(seeds[j])))

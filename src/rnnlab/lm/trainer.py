@@ -6,8 +6,9 @@ Each step::
     loss, dlogits = softmax_cross_entropy(logits, y)                mean nats per scored character
     model.backward(dlogits, cache); clip_grad_norm; optimizer.step(); schedule.step()
 
-On the CPU the forward/loss/backward part runs on ``--threads`` threads, each on a block of the
-batch's rows (:mod:`rnnlab.lm.shards`).
+On the CPU the forward/loss/backward part runs on ``--threads`` threads by the parallel plan
+that measured fastest for this model on this machine at the start of the run, or the one named by
+``--plan`` (:mod:`rnnlab.lm.plan`).
 
 Everything a continuation needs is in ``checkpoints/last.safetensors``: the weights, the
 optimizer's slots, the carried state, and in its JSON metadata the step, the schedule, the
@@ -38,7 +39,8 @@ from .config import TrainConfig
 from .corpus import Corpus
 from .evaluate import evaluate
 from .rundir import RunDir
-from .shards import BatchShards, blas_limit, plan_shards
+from .plan import Plan, choose as choose_plan
+from .shards import BatchShards, blas_limit, usable_cores
 
 FORMAT = "rnnlab-run"
 FORMAT_VERSION = 1
@@ -118,9 +120,9 @@ class Trainer:
             self.batcher = LinesBatcher(train, cfg.batch, np.random.default_rng([cfg.seed, 1]))
         else:
             self.batcher = StreamBatcher(train, cfg.batch, cfg.seq_len)
-        # the batch's rows are split over threads (see shards.py); the count is kept in the
-        # checkpoint, so that a resumed run adds its gradients in the same order
-        self.shards = plan_shards(self.model, cfg.batch, cfg.threads)
+        # how a step uses the threads (plan.py): chosen at the start of fit() unless a resume set
+        # it; kept in the checkpoint, so that a resumed run computes with the same bits
+        self.plan: Plan | None = None
         self.state = None
         self.step = 0
         self.elapsed = 0.0
@@ -166,7 +168,7 @@ class Trainer:
             "best_val": self.best_val if math.isfinite(self.best_val) else None,
             "optimizer": ometa, "schedule": self.schedule.state_dict(), "batcher": self.batcher.state(),
             "rng": self.rng.bit_generator.state, "carry": len(carry), "model": self.model.config(),
-            "shards": self.shards,
+            "plan": self.plan.to_dict() if self.plan else None,
         }
         return tensors, meta
 
@@ -179,10 +181,10 @@ class Trainer:
                     "model": self.model.config()}
         save_checkpoint(self.run.checkpoint_path(which), tensors, meta)
 
-    def restore(self, keep_shards: bool = True) -> int:
+    def restore(self, keep_plan: bool = True) -> Plan:
         """Continue from ``checkpoints/last``: weights, optimizer, schedule, data position, RNG, and
-        the shard count it trained with (``keep_shards=False``: the one planned from this run's
-        ``threads`` option instead). Returns the checkpoint's shard count."""
+        the parallel plan it trained with (``keep_plan=False``: :meth:`fit` plans again from this
+        run's ``threads`` and ``plan`` options). Returns the checkpoint's plan."""
         path = self.run.checkpoint_path("last")
         fresh = "start a new run with --force instead of --resume (the old run's files are moved aside)"
         if not path.is_file():
@@ -200,11 +202,9 @@ class Trainer:
             self.schedule.load_state_dict(meta["schedule"])
             self.batcher.load_state(meta["batcher"])
             self.rng.bit_generator.state = meta["rng"]
-            saved_shards = int(meta.get("shards", 1))  # checkpoints from before sharding ran one
-            if saved_shards < 1:
-                raise ValueError(f"shards {saved_shards}")
-            if keep_shards:
-                self.shards = saved_shards
+            saved_plan = _saved_plan(meta)
+            if keep_plan:
+                self.plan = saved_plan
             n = int(meta["carry"])
             self.state = _state_from_arrays(self.model, [tensors[f"carry.{i}"] for i in range(n)])
             self.step = self._saved_step = int(meta["step"])
@@ -215,8 +215,8 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as exc:
             raise RnnlabError(f"checkpoint {path} is incomplete or inconsistent ({type(exc).__name__}: {exc}); "
                               "use --force to start over") from None
-        self._close_shards()  # a pool made before the count was known is made again on first use
-        return saved_shards
+        self._close_shards()  # shards made before the plan was known are made again on first use
+        return saved_plan
 
     # -------------------------------------------------------------------------- loop
     def train_step(self) -> float:
@@ -254,10 +254,24 @@ class Trainer:
         return evaluate(self.model, val, self.corpus.mode, self.cfg.batch, self.cfg.seq_len,
                         shards=self._batch_shards())["loss_nats"]
 
+    def make_plan(self) -> Plan:
+        """The run's parallel plan: a resumed run's, else the one :func:`rnnlab.lm.plan.choose`
+        picks for the ``threads`` and ``plan`` options (it says which in the log)."""
+        if self.plan is None:
+            cfg = self.cfg
+            self.plan = choose_plan(self.model, cfg.batch, self._step_len(), cfg.threads, cfg.plan, log=self.log)
+        return self.plan
+
+    def _step_len(self) -> int:
+        """Time steps of a typical batch: the BPTT length, or the mean item length in lines mode."""
+        if self.corpus.mode == "stream":
+            return self.cfg.seq_len
+        return max(1, int(np.mean(self.corpus.split.train.lengths)) + 1)
+
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        chars_per_step = cfg.batch * (cfg.seq_len if self.corpus.mode == "stream" else
-                                      max(1, int(np.mean(self.corpus.split.train.lengths)) + 1))
+        chars_per_step = cfg.batch * self._step_len()
+        self.make_plan()
         stop = _StopFlag()
         # a time-limited run shows its progress in seconds, a step-limited one in steps
         by_time = bool(cfg.max_time)
@@ -271,15 +285,10 @@ class Trainer:
         warm = False
         first_step = 0.0  # the untimed first step's time, for a run of one step
         interrupted = False
-        # With the batch split over threads each shard runs single-threaded BLAS; the limit is held
-        # for the whole run (evaluation included), since OpenBLAS's own idle workers, woken by any
-        # multi-threaded call between steps, spin for a while and would compete with the shards.
-        if self.shards > 1 and backend.xp is np:
-            blas = blas_limit(1)
-        elif cfg.threads > 0 and backend.xp is np:  # one shard: the BLAS gets the threads asked for
-            blas = blas_limit(cfg.threads)
-        else:
-            blas = contextlib.nullcontext()
+        # The BLAS keeps the plan's thread count for the whole run (evaluation included): OpenBLAS's
+        # idle workers, woken by a multi-threaded call between steps, spin for a while and would
+        # compete with the plan's own threads.
+        blas = blas_limit(self.plan.blas_threads) if backend.xp is np else contextlib.nullcontext()
         try:
             with stop, blas:
                 while self.step < cfg.max_steps:
@@ -332,10 +341,10 @@ class Trainer:
         return TrainResult(self.step, self.best_val, last_train, interrupted, cps, self.elapsed)
 
     def _batch_shards(self) -> BatchShards:
-        """The training step's shards, made on first use (after a resume has set the count) and
-        closed at the end of :meth:`fit`; the validation passes split their batches over them."""
+        """The training step's shards by the run's plan, made on first use (after a resume has set
+        the plan) and closed at the end of :meth:`fit`; the validation passes use them too."""
         if self._shards is None:
-            self._shards = BatchShards(self.model, self.shards)
+            self._shards = self.plan.batch_shards(self.model)
         return self._shards
 
     def _close_shards(self) -> None:
@@ -373,6 +382,15 @@ class Trainer:
             raise
         except Exception as exc:  # a plot is a convenience: never lose training to it
             self.log(f"note: could not draw {self.run.loss_plot}: {exc}")
+
+
+def _saved_plan(meta: dict) -> Plan:
+    """The plan a checkpoint trained with; checkpoints from before plans name only their shard
+    count (one shard: ``blas``; more: ``split``)."""
+    if meta.get("plan") is not None:
+        return Plan.from_dict(meta["plan"])
+    shards = int(meta.get("shards", 1))  # before sharding: one
+    return Plan("split", shards) if shards > 1 else Plan("blas", usable_cores())
 
 
 class _Diverged(Exception):

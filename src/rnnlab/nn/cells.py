@@ -52,6 +52,7 @@ transcendental per element.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -97,6 +98,21 @@ def sequence_loops(xp, dtype):
     from . import timeloop  # numba, compiled on first use
 
     return timeloop.loops_for(dtype)
+
+
+def loop_settings(gemm: str = "blas", team: int = 1):
+    """A context manager under which this thread's layers run their compiled loops with the
+    per-step GEMM ``gemm`` ("blas" | "packed") and each time step split over ``team`` threads
+    (:func:`rnnlab.nn.timeloop.settings`). The default (``"blas"``, 1) needs nothing and is a
+    no-op context without numba; anything else needs the numba kernels."""
+    if gemm == "blas" and team == 1:
+        if not numba_enabled():
+            return contextlib.nullcontext()
+    elif not numba_enabled():
+        raise ValueError(f"loop settings {gemm!r} x {team} need numba (pip install 'rnnlab[fast]')")
+    from . import timeloop
+
+    return timeloop.settings(gemm, team)
 
 
 def kernels_for(xp, dtype):

@@ -20,7 +20,11 @@ Conventions shared with ``cells.py`` (the math is written out there):
 - rows are processed one at a time with one 1-D view per gate, which is what lets LLVM vectorise
   the inner loop (it cannot prove that ``a[j]`` and ``a[H + j]`` do not overlap);
 - fast-math flags without ``nnan``/``ninf``: a NaN in the input stays a NaN in the output, so a
-  diverging run is still caught by the trainer's finite-loss check.
+  diverging run is still caught by the trainer's finite-loss check;
+- the step kernels also go without ``reassoc``: each element's expression is then evaluated the
+  same way in the vectorised body and in the scalar remainder of a loop, so a kernel run on the
+  hidden units ``j0:j1`` (the ``*_units`` kernels, used by a team of threads that splits a step,
+  :mod:`rnnlab.nn.team`) gives the bits of the whole-row kernel wherever the cut falls.
 """
 from __future__ import annotations
 
@@ -30,7 +34,9 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload, register_jitable
 
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_STEP_FASTMATH = {"nsz", "arcp", "contract", "afn"}
+_FASTMATH = _STEP_FASTMATH | {"reassoc"}  # reductions (softmax_xent) may be reordered to vectorise
+_STEP_OPTS = dict(cache=True, nogil=True, fastmath=_STEP_FASTMATH, error_model="numpy")
 _OPTS = dict(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 
 ZERO = np.float32(0.0)
@@ -39,7 +45,7 @@ ONE = np.float32(1.0)
 
 
 # ------------------------------------------------------------------------------ scalar helpers
-@register_jitable(fastmath=_FASTMATH, error_model="numpy")
+@register_jitable(fastmath=_STEP_FASTMATH, error_model="numpy")
 def _tanh_f32(x):
     """Rational minimax approximation of tanh on [-7.905, 7.905] (Eigen's ``ptanh_float``)."""
     c = np.float32(7.90531110763549805)
@@ -87,40 +93,54 @@ def sigmoid(x):
 
 
 # ------------------------------------------------------------------------------ vanilla RNN
-@njit(**_OPTS)
+@njit(**_STEP_OPTS)
 def rnn_forward(a, hh, b, relu, h_out):
-    """``h_out = act(a + hh + b)``; ``a`` may be ``h_out`` itself; ``hh`` is used as scratch.
+    """``h_out = act(a + hh + b)``; ``a`` may be ``h_out`` itself; ``hh`` is used as scratch."""
+    rnn_forward_units(a, hh, b, relu, h_out, 0, h_out.shape[1])
+
+
+@njit(**_STEP_OPTS)
+def rnn_forward_units(a, hh, b, relu, h_out, j0, j1):
+    """:func:`rnn_forward` for the hidden units ``j0 <= j < j1`` (columns ``j0:j1``) only.
 
     Two passes per row, so that no loop reads and writes two different arrays that may be the
     same memory (LLVM's runtime overlap check would fail and fall back to scalar code)."""
-    B, H = h_out.shape
+    B = h_out.shape[0]
+    n = j1 - j0
     for r in range(B):
-        ar, hr, o = a[r], hh[r], h_out[r]
-        for j in range(H):
+        ar, hr, o = a[r, j0:j1], hh[r, j0:j1], h_out[r, j0:j1]
+        for j in range(n):
             v = ar[j] + hr[j]
             if b is not None:
-                v = v + b[j]
+                v = v + b[j0 + j]
             hr[j] = v
         if relu:
-            for j in range(H):
+            for j in range(n):
                 v = hr[j]
                 o[j] = ZERO if v < ZERO else v
         else:
-            for j in range(H):
+            for j in range(n):
                 o[j] = tanh(hr[j])
 
 
-@njit(**_OPTS)
+@njit(**_STEP_OPTS)
 def rnn_backward(dy, dnext, m, h, relu, dh_out, da_out):
     """``dh_out = dy m + dnext``; ``da_out = dh_out act'(h) m``."""
-    B, H = h.shape
+    rnn_backward_units(dy, dnext, m, h, relu, dh_out, da_out, 0, h.shape[1])
+
+
+@njit(**_STEP_OPTS)
+def rnn_backward_units(dy, dnext, m, h, relu, dh_out, da_out, j0, j1):
+    """:func:`rnn_backward` for the hidden units ``j0 <= j < j1`` only."""
+    B = h.shape[0]
+    n = j1 - j0
     for r in range(B):
         mr = ONE if m is None else m[r]
-        dn, hr, dho, dao = dnext[r], h[r], dh_out[r], da_out[r]
-        for j in range(H):
+        dn, hr, dho, dao = dnext[r, j0:j1], h[r, j0:j1], dh_out[r, j0:j1], da_out[r, j0:j1]
+        for j in range(n):
             dh = dn[j]
             if dy is not None:
-                dh = dy[r, j] * mr + dh
+                dh = dy[r, j0 + j] * mr + dh
             dho[j] = dh
             if relu:
                 dao[j] = dh * mr if hr[j] > ZERO else ZERO
@@ -129,24 +149,34 @@ def rnn_backward(dy, dnext, m, h, relu, dh_out, da_out):
 
 
 # ------------------------------------------------------------------------------ LSTM
-@njit(**_OPTS)
+@njit(**_STEP_OPTS)
 def lstm_forward(a, hh, b, c_prev, c_out, tc_out, h_out):
     """Gates ``i, f, g, o`` of ``a + hh + b`` written over ``a``; ``c_t``, ``tanh(c_t)``, ``h_t``."""
+    lstm_forward_units(a, hh, b, c_prev, c_out, tc_out, h_out, 0, c_prev.shape[1])
+
+
+@njit(**_STEP_OPTS)
+def lstm_forward_units(a, hh, b, c_prev, c_out, tc_out, h_out, j0, j1):
+    """:func:`lstm_forward` for the hidden units ``j0 <= j < j1`` only: gate columns
+    ``g H + j`` of ``a``, ``hh`` and ``b``, columns ``j`` of the states."""
     B, H = c_prev.shape
+    n = j1 - j0
     for r in range(B):
-        ai, af, ag, ao = a[r, :H], a[r, H : 2 * H], a[r, 2 * H : 3 * H], a[r, 3 * H :]
-        hi, hf, hg, ho = hh[r, :H], hh[r, H : 2 * H], hh[r, 2 * H : 3 * H], hh[r, 3 * H :]
-        cp, co, tco, hout = c_prev[r], c_out[r], tc_out[r], h_out[r]
-        for j in range(H):
+        ai, af = a[r, j0:j1], a[r, H + j0 : H + j1]
+        ag, ao = a[r, 2 * H + j0 : 2 * H + j1], a[r, 3 * H + j0 : 3 * H + j1]
+        hi, hf = hh[r, j0:j1], hh[r, H + j0 : H + j1]
+        hg, ho = hh[r, 2 * H + j0 : 2 * H + j1], hh[r, 3 * H + j0 : 3 * H + j1]
+        cp, co, tco, hout = c_prev[r, j0:j1], c_out[r, j0:j1], tc_out[r, j0:j1], h_out[r, j0:j1]
+        for j in range(n):
             vi = ai[j] + hi[j]
             vf = af[j] + hf[j]
             vg = ag[j] + hg[j]
             vo = ao[j] + ho[j]
             if b is not None:
-                vi = vi + b[j]
-                vf = vf + b[H + j]
-                vg = vg + b[2 * H + j]
-                vo = vo + b[3 * H + j]
+                vi = vi + b[j0 + j]
+                vf = vf + b[H + j0 + j]
+                vg = vg + b[2 * H + j0 + j]
+                vo = vo + b[3 * H + j0 + j]
             i = sigmoid(vi)
             f = sigmoid(vf)
             g = tanh(vg)
@@ -162,28 +192,37 @@ def lstm_forward(a, hh, b, c_prev, c_out, tc_out, h_out):
             hout[j] = o * tc
 
 
-@njit(**_OPTS)
+@njit(**_STEP_OPTS)
 def lstm_backward(dy, dnext, m, dc, gates, c_prev, tc, dh_out, da_out):
     """``dh_out = dy m + dnext``; pre-activation gradient into ``da_out``; ``dc`` (the gradient
     reaching ``c_t`` from step t+1) becomes ``dL/dc_{t-1}`` in place (unchanged where ``m`` is 0)."""
+    lstm_backward_units(dy, dnext, m, dc, gates, c_prev, tc, dh_out, da_out, 0, dc.shape[1])
+
+
+@njit(**_STEP_OPTS)
+def lstm_backward_units(dy, dnext, m, dc, gates, c_prev, tc, dh_out, da_out, j0, j1):
+    """:func:`lstm_backward` for the hidden units ``j0 <= j < j1`` only."""
     B, H = dc.shape
+    n = j1 - j0
     for r in range(B):
         mr = ONE if m is None else m[r]
-        gi, gf, gg, go = gates[r, :H], gates[r, H : 2 * H], gates[r, 2 * H : 3 * H], gates[r, 3 * H :]
-        di, df, dg, do = da_out[r, :H], da_out[r, H : 2 * H], da_out[r, 2 * H : 3 * H], da_out[r, 3 * H :]
-        dn, dcr, cp, tcr, dho = dnext[r], dc[r], c_prev[r], tc[r], dh_out[r]
+        gi, gf = gates[r, j0:j1], gates[r, H + j0 : H + j1]
+        gg, go = gates[r, 2 * H + j0 : 2 * H + j1], gates[r, 3 * H + j0 : 3 * H + j1]
+        di, df = da_out[r, j0:j1], da_out[r, H + j0 : H + j1]
+        dg, do = da_out[r, 2 * H + j0 : 2 * H + j1], da_out[r, 3 * H + j0 : 3 * H + j1]
+        dn, dcr, cp, tcr, dho = dnext[r, j0:j1], dc[r, j0:j1], c_prev[r, j0:j1], tc[r, j0:j1], dh_out[r, j0:j1]
         if mr == ZERO:  # padding: dh passes through, nothing flows into the gates or the cell
-            for j in range(H):
-                dho[j] = dn[j] if dy is None else dy[r, j] * mr + dn[j]
+            for j in range(n):
+                dho[j] = dn[j] if dy is None else dy[r, j0 + j] * mr + dn[j]
                 di[j] = ZERO
                 df[j] = ZERO
                 dg[j] = ZERO
                 do[j] = ZERO
             continue
-        for j in range(H):
+        for j in range(n):
             dh = dn[j]
             if dy is not None:
-                dh = dy[r, j] * mr + dh
+                dh = dy[r, j0 + j] * mr + dh
             dho[j] = dh
             dh = dh * mr
             i, f, g, o, t = gi[j], gf[j], gg[j], go[j], tcr[j]
@@ -196,55 +235,70 @@ def lstm_backward(dy, dnext, m, dc, gates, c_prev, tc, dh_out, da_out):
 
 
 # ------------------------------------------------------------------------------ GRU
-@njit(**_OPTS)
+@njit(**_STEP_OPTS)
 def gru_forward(ax, hh, b, b_hn, h_prev, hn_out, h_out):
     """Gates ``r, z, n`` written over ``ax``; ``hh_n + b_hn`` into ``hn_out``; ``h_t`` into ``h_out``."""
+    gru_forward_units(ax, hh, b, b_hn, h_prev, hn_out, h_out, 0, h_prev.shape[1])
+
+
+@njit(**_STEP_OPTS)
+def gru_forward_units(ax, hh, b, b_hn, h_prev, hn_out, h_out, j0, j1):
+    """:func:`gru_forward` for the hidden units ``j0 <= j < j1`` only."""
     B, H = h_prev.shape
+    n = j1 - j0
     for r in range(B):
-        xr, xz, xn = ax[r, :H], ax[r, H : 2 * H], ax[r, 2 * H :]
-        hr, hz, hn = hh[r, :H], hh[r, H : 2 * H], hh[r, 2 * H :]
-        hp, hno, ho = h_prev[r], hn_out[r], h_out[r]
-        for j in range(H):
+        xr, xz, xn = ax[r, j0:j1], ax[r, H + j0 : H + j1], ax[r, 2 * H + j0 : 2 * H + j1]
+        hr, hz, hn = hh[r, j0:j1], hh[r, H + j0 : H + j1], hh[r, 2 * H + j0 : 2 * H + j1]
+        hp, hno, ho = h_prev[r, j0:j1], hn_out[r, j0:j1], h_out[r, j0:j1]
+        for j in range(n):
             vr = xr[j]
             vz = xz[j]
             vn = xn[j]
             if b is not None:
-                vr = vr + b[j]
-                vz = vz + b[H + j]
-                vn = vn + b[2 * H + j]
+                vr = vr + b[j0 + j]
+                vz = vz + b[H + j0 + j]
+                vn = vn + b[2 * H + j0 + j]
             rg = sigmoid(vr + hr[j])
             z = sigmoid(vz + hz[j])
             q = hn[j]
             if b_hn is not None:
-                q = q + b_hn[j]
-            n = tanh(vn + rg * q)
+                q = q + b_hn[j0 + j]
+            nn = tanh(vn + rg * q)
             xr[j] = rg
             xz[j] = z
-            xn[j] = n
+            xn[j] = nn
             hno[j] = q
-            ho[j] = n + z * (hp[j] - n)
+            ho[j] = nn + z * (hp[j] - nn)
 
 
-@njit(**_OPTS)
+@njit(**_STEP_OPTS)
 def gru_backward(dy, dnext, direct, m, gates, hn, h_prev, dh_out, dhh_out, dan_out):
     """``dh_out = dy m + dnext + direct``; ``dhh_out = [dar, daz, dhh_n]``, ``dan_out``; ``direct``
     becomes ``dh m z``, the part of ``dh_{t-1}`` that bypasses ``W_hh``."""
+    gru_backward_units(dy, dnext, direct, m, gates, hn, h_prev, dh_out, dhh_out, dan_out, 0, h_prev.shape[1])
+
+
+@njit(**_STEP_OPTS)
+def gru_backward_units(dy, dnext, direct, m, gates, hn, h_prev, dh_out, dhh_out, dan_out, j0, j1):
+    """:func:`gru_backward` for the hidden units ``j0 <= j < j1`` only."""
     B, H = h_prev.shape
+    n = j1 - j0
     for r in range(B):
         mr = ONE if m is None else m[r]
-        gr, gz, gn = gates[r, :H], gates[r, H : 2 * H], gates[r, 2 * H :]
-        dar, daz, dhn = dhh_out[r, :H], dhh_out[r, H : 2 * H], dhh_out[r, 2 * H :]
-        dn, dr, hnr, hp, dho, dan = dnext[r], direct[r], hn[r], h_prev[r], dh_out[r], dan_out[r]
-        for j in range(H):
+        gr, gz, gn = gates[r, j0:j1], gates[r, H + j0 : H + j1], gates[r, 2 * H + j0 : 2 * H + j1]
+        dar, daz, dhn = dhh_out[r, j0:j1], dhh_out[r, H + j0 : H + j1], dhh_out[r, 2 * H + j0 : 2 * H + j1]
+        dn, dr, hnr, hp = dnext[r, j0:j1], direct[r, j0:j1], hn[r, j0:j1], h_prev[r, j0:j1]
+        dho, dan = dh_out[r, j0:j1], dan_out[r, j0:j1]
+        for j in range(n):
             dh = dn[j] + dr[j]
             if dy is not None:
-                dh = dy[r, j] * mr + dh
+                dh = dy[r, j0 + j] * mr + dh
             dho[j] = dh
             dh = dh * mr
-            rg, z, n = gr[j], gz[j], gn[j]
-            a_n = dh * (ONE - z) * (ONE - n * n)
+            rg, z, nn = gr[j], gz[j], gn[j]
+            a_n = dh * (ONE - z) * (ONE - nn * nn)
             dan[j] = a_n
-            daz[j] = dh * (hp[j] - n) * (z * (ONE - z))
+            daz[j] = dh * (hp[j] - nn) * (z * (ONE - z))
             dar[j] = a_n * hnr[j] * (rg * (ONE - rg))
             dhn[j] = a_n * rg
             dr[j] = dh * z

@@ -28,6 +28,7 @@ Never imported at ``import rnnlab``; :func:`loops_for` is the entry point, and `
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import warnings
@@ -38,7 +39,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from . import blas, fused
+from . import blas, fused, packed, spin, workspace
+from . import team as team_mod
 
 _OPTS = dict(cache=True, nogil=True)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enum values
@@ -87,12 +89,18 @@ def _gemm(typingctx, addr, width, trans_b, a, b, c):
 
 
 @njit(inline="always")
-def _mm(addr, width, trans_b, a, b, c):
-    """:func:`_gemm` after checking the shapes, so that a mismatch raises instead of reading or
-    writing past an array: ``a (M, K)``, ``b (N, K)`` (``trans_b``) or ``(K, N)``, ``c (M, N)``."""
+def _check(trans_b, a, b, c):
+    """Raise unless ``a (M, K)``, ``b (N, K)`` (``trans_b``) or ``(K, N)`` and ``c (M, N)`` fit, so
+    that a mismatch raises instead of reading or writing past an array."""
     K, N = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
     if a.shape[1] != K or c.shape[0] != a.shape[0] or c.shape[1] != N:
         raise ValueError("timeloop: GEMM operands with mismatched shapes")
+
+
+@njit(inline="always")
+def _mm(addr, width, trans_b, a, b, c):
+    """:func:`_gemm` after :func:`_check`."""
+    _check(trans_b, a, b, c)
     _gemm(addr, width, trans_b, a, b, c)
 
 
@@ -107,21 +115,50 @@ def _at_impl(x, t):
     return lambda x, t: x[t]
 
 
-def _carry(keep, t, src, dst):
-    """``dst[r] = src[r]`` for the rows ``r`` with ``keep[t, r]`` (nothing when ``keep`` is None)."""
+def _carry(keep, t, src, dst, j0, j1):
+    """``dst[r, j0:j1] = src[r, j0:j1]`` for the rows ``r`` with ``keep[t, r]`` (nothing when
+    ``keep`` is None)."""
 
 
 @overload(_carry)
-def _carry_impl(keep, t, src, dst):
+def _carry_impl(keep, t, src, dst, j0, j1):
     if isinstance(keep, types.NoneType):
-        return lambda keep, t, src, dst: None
+        return lambda keep, t, src, dst, j0, j1: None
 
-    def impl(keep, t, src, dst):
+    def impl(keep, t, src, dst, j0, j1):
         for r in range(dst.shape[0]):
             if keep[t, r, 0]:
-                dst[r, :] = src[r, :]
+                dst[r, j0:j1] = src[r, j0:j1]
 
     return impl
+
+
+def _product(g, trans_b, a, W, c):
+    """The step's GEMM ``c = a @ W^T`` (``trans_b``) or ``c = a @ W`` by the engine ``g``: the
+    BLAS's ``cblas_?gemm`` when ``g`` is ``(addr, width)``; the packed micro-kernel over this
+    member's panels when ``g`` is ``(P, pcol, pw, p0, p1)`` (:mod:`rnnlab.nn.packed`)."""
+
+
+@overload(_product)
+def _product_impl(g, trans_b, a, W, c):
+    if len(g) == 2:
+        return lambda g, trans_b, a, W, c: _mm(g[0], g[1], trans_b, a, W, c)
+    def impl(g, trans_b, a, W, c):
+        _check(trans_b, a, W, c)
+        packed.gemm(a, g[0], g[1], g[2], c, g[3], g[4])
+
+    return impl
+
+
+def _prepare(g, trans_b, W):
+    """Pack this member's panels of ``W`` once before the loop (packed engine); nothing for the BLAS."""
+
+
+@overload(_prepare)
+def _prepare_impl(g, trans_b, W):
+    if len(g) == 2:
+        return lambda g, trans_b, W: None
+    return lambda g, trans_b, W: packed.pack(W, trans_b, g[1], g[2], g[0], g[3], g[4])
 
 
 @njit(inline="always")
@@ -134,65 +171,94 @@ def _step(s, T, reverse):
 
 
 # ------------------------------------------------------------------------------ the loops
+# Every loop takes ``g`` (the GEMM engine, see _product) and ``u = (j0, j1, sync, me, team)``:
+# this member computes the hidden units j0 <= j < j1 of every step (their gate columns of the
+# forward GEMM, their columns of the backward one) and meets the team at the end of each step
+# (spin.py). A lone member (team 1) has j0 = 0, j1 = H and never waits.
 @njit(**_OPTS)
-def rnn_forward(addr, width, S, W, b, relu, keep, reverse, tmp):
+def rnn_forward(g, u, S, W, b, relu, keep, reverse, tmp):
+    j0, j1, sync, me, team = u
+    _prepare(g, True, W)
     T = S.shape[0] - 1
     for s in range(T):
         t, ip, ic = _step(s, T, reverse)
-        _mm(addr, width, True, S[ip], W, tmp)
-        fused.rnn_forward(S[ic], tmp, b, relu, S[ic])
-        _carry(keep, t, S[ip], S[ic])
+        _product(g, True, S[ip], W, tmp)
+        fused.rnn_forward_units(S[ic], tmp, b, relu, S[ic], j0, j1)
+        _carry(keep, t, S[ip], S[ic], j0, j1)
+        if not spin.arrive_and_wait(sync, me, team, s + 1):
+            return
 
 
 @njit(**_OPTS)
-def rnn_backward(addr, width, dy, dnext, m, S, relu, W, keep, reverse, DH, dA):
+def rnn_backward(g, u, dy, dnext, m, S, relu, W, keep, reverse, DH, dA):
+    j0, j1, sync, me, team = u
+    _prepare(g, False, W)
     T = dA.shape[0]
     for s in range(T - 1, -1, -1):
         t, ip, ic = _step(s, T, reverse)
-        fused.rnn_backward(_at(dy, t), dnext, _at(m, t), S[ic], relu, DH[t], dA[t])
-        _mm(addr, width, False, dA[t], W, dnext)
-        _carry(keep, t, DH[t], dnext)
+        fused.rnn_backward_units(_at(dy, t), dnext, _at(m, t), S[ic], relu, DH[t], dA[t], j0, j1)
+        if not spin.arrive_and_wait(sync, me, team, T - s):
+            return
+        _product(g, False, dA[t], W, dnext)
+        _carry(keep, t, DH[t], dnext, j0, j1)
 
 
 @njit(**_OPTS)
-def lstm_forward(addr, width, A, S, C, TC, W, b, keep, reverse, tmp):
+def lstm_forward(g, u, A, S, C, TC, W, b, keep, reverse, tmp):
+    j0, j1, sync, me, team = u
+    _prepare(g, True, W)
     T = A.shape[0]
     for s in range(T):
         t, ip, ic = _step(s, T, reverse)
-        _mm(addr, width, True, S[ip], W, tmp)
-        fused.lstm_forward(A[t], tmp, b, C[ip], C[ic], TC[t], S[ic])
-        _carry(keep, t, S[ip], S[ic])
-        _carry(keep, t, C[ip], C[ic])
+        _product(g, True, S[ip], W, tmp)
+        fused.lstm_forward_units(A[t], tmp, b, C[ip], C[ic], TC[t], S[ic], j0, j1)
+        _carry(keep, t, S[ip], S[ic], j0, j1)
+        _carry(keep, t, C[ip], C[ic], j0, j1)
+        if not spin.arrive_and_wait(sync, me, team, s + 1):
+            return
 
 
 @njit(**_OPTS)
-def lstm_backward(addr, width, dy, dnext, m, dcell, A, C, TC, W, keep, reverse, DH, dA):
+def lstm_backward(g, u, dy, dnext, m, dcell, A, C, TC, W, keep, reverse, DH, dA):
+    j0, j1, sync, me, team = u
+    _prepare(g, False, W)
     T = dA.shape[0]
     for s in range(T - 1, -1, -1):
         t, ip, ic = _step(s, T, reverse)
-        fused.lstm_backward(_at(dy, t), dnext, _at(m, t), dcell, A[t], C[ip], TC[t], DH[t], dA[t])
-        _mm(addr, width, False, dA[t], W, dnext)
-        _carry(keep, t, DH[t], dnext)
+        fused.lstm_backward_units(_at(dy, t), dnext, _at(m, t), dcell, A[t], C[ip], TC[t], DH[t], dA[t], j0, j1)
+        if not spin.arrive_and_wait(sync, me, team, T - s):
+            return
+        _product(g, False, dA[t], W, dnext)
+        _carry(keep, t, DH[t], dnext, j0, j1)
 
 
 @njit(**_OPTS)
-def gru_forward(addr, width, A, S, HN, W, b, b_hn, keep, reverse, hh):
+def gru_forward(g, u, A, S, HN, W, b, b_hn, keep, reverse, hh):
+    j0, j1, sync, me, team = u
+    _prepare(g, True, W)
     T = A.shape[0]
     for s in range(T):
         t, ip, ic = _step(s, T, reverse)
-        _mm(addr, width, True, S[ip], W, hh)
-        fused.gru_forward(A[t], hh, b, b_hn, S[ip], HN[t], S[ic])
-        _carry(keep, t, S[ip], S[ic])
+        _product(g, True, S[ip], W, hh)
+        fused.gru_forward_units(A[t], hh, b, b_hn, S[ip], HN[t], S[ic], j0, j1)
+        _carry(keep, t, S[ip], S[ic], j0, j1)
+        if not spin.arrive_and_wait(sync, me, team, s + 1):
+            return
 
 
 @njit(**_OPTS)
-def gru_backward(addr, width, dy, dnext, direct, m, A, HN, S, W, keep, reverse, DH, dHH, dAn):
+def gru_backward(g, u, dy, dnext, direct, m, A, HN, S, W, keep, reverse, DH, dHH, dAn):
+    j0, j1, sync, me, team = u
+    _prepare(g, False, W)
     T = dHH.shape[0]
     for s in range(T - 1, -1, -1):
         t, ip, ic = _step(s, T, reverse)
-        fused.gru_backward(_at(dy, t), dnext, direct, _at(m, t), A[t], HN[t], S[ip], DH[t], dHH[t], dAn[t])
-        _mm(addr, width, False, dHH[t], W, dnext)
-        _carry(keep, t, DH[t], dnext)
+        fused.gru_backward_units(_at(dy, t), dnext, direct, _at(m, t), A[t], HN[t], S[ip], DH[t], dHH[t], dAn[t],
+                                 j0, j1)
+        if not spin.arrive_and_wait(sync, me, team, T - s):
+            return
+        _product(g, False, dHH[t], W, dnext)
+        _carry(keep, t, DH[t], dnext, j0, j1)
 
 
 @njit(**_OPTS)
@@ -207,14 +273,78 @@ def _width(bits: int):
     return np.int64(0) if bits == 64 else np.int32(0)
 
 
-class Loops:
-    """The loops above bound to one dtype's GEMM: ``loops.lstm_forward(A, S, ...)`` takes the
-    arguments of the compiled function after ``addr, width``."""
+_SETTINGS = threading.local()
+ENGINES = ("blas", "packed")
 
-    def __init__(self, addr: int, bits: int):
-        width = _width(bits)
-        for fn in (rnn_forward, rnn_backward, lstm_forward, lstm_backward, gru_forward, gru_backward):
-            setattr(self, fn.__name__, functools.partial(fn, addr, width))
+
+@contextlib.contextmanager
+def settings(gemm: str = "blas", team: int = 1):
+    """Within the block, this thread's layers run their loops with the per-step GEMM ``gemm``
+    (``"blas"``: NumPy's OpenBLAS, bit for bit the Python loop; ``"packed"``: the packed
+    micro-kernel of :mod:`rnnlab.nn.packed`) and each step split over ``team`` threads by hidden
+    units (:mod:`rnnlab.nn.team`; ``team > 1`` runs the packed GEMM). Outside any block: BLAS,
+    one thread."""
+    if gemm not in ENGINES or team < 1:
+        raise ValueError(f"settings: gemm must be one of {ENGINES} and team >= 1, got {gemm!r}, {team}")
+    old = getattr(_SETTINGS, "value", None)
+    _SETTINGS.value = ("packed" if team > 1 else gemm, int(team))
+    try:
+        yield
+    finally:
+        _SETTINGS.value = old
+
+
+def current() -> tuple[str, int]:
+    """This thread's ``(gemm, team)`` (see :func:`settings`)."""
+    return getattr(_SETTINGS, "value", None) or ("blas", 1)
+
+
+_LONE = spin.new_sync(1)  # a team of one never touches it
+
+
+class Loops:
+    """The loops above for one dtype, as the layers call them: ``loops.lstm_forward(A, S, C, TC,
+    W, b, keep, reverse, tmp)`` takes the arguments after ``g, u``; the engine and team come
+    from :func:`settings`. ``blas`` is ``(address, width)`` of the OpenBLAS GEMM, or None when
+    there is none (then only the packed engine runs)."""
+
+    # loop -> (index of W_hh among the layer's arguments, forward (W^T) or backward (W) product)
+    _SHAPES = {"rnn_forward": (1, True), "rnn_backward": (5, False), "lstm_forward": (4, True),
+               "lstm_backward": (7, False), "gru_forward": (3, True), "gru_backward": (7, False)}
+
+    def __init__(self, dtype, blas_gemm):
+        self.dtype = np.dtype(dtype)
+        self.blas = None if blas_gemm is None else (blas_gemm[0], _width(blas_gemm[1]))
+        for name in self._SHAPES:
+            setattr(self, name, functools.partial(self._run, name))
+
+    def available(self) -> bool:
+        """Whether this thread's settings can run here (the BLAS engine needs NumPy's OpenBLAS)."""
+        gemm, team = current()
+        return gemm == "packed" or self.blas is not None
+
+    def _run(self, name, *args):
+        fn = globals()[name]
+        gemm, team = current()
+        w_at, forward = self._SHAPES[name]
+        W = args[w_at]
+        GH, H = W.shape
+        if gemm == "blas":
+            fn(self.blas, (0, H, _LONE, 0, 1), *args)
+            return
+        nr = packed.panel_width(self.dtype)
+        bounds = team_mod.unit_bounds(H, team, packed.lanes(self.dtype))
+        segs, ranges = [], []
+        for j0, j1 in zip(bounds[:-1], bounds[1:]):
+            first = len(packed.panels(segs, nr)[0])
+            segs += [(g * H + j0, g * H + j1) for g in range(GH // H)] if forward else [(j0, j1)]
+            ranges.append((first, len(packed.panels(segs, nr)[0])))
+        pcol, pw = packed.panels(segs, nr)
+        P = workspace.empty((len(pcol), H if forward else GH, nr), self.dtype)
+        n = len(ranges)
+        sync = spin.new_sync(n)
+        team_mod.run(fn, [((P, pcol, pw, p0, p1), (j0, j1, sync, me, n), *args)
+                          for me, ((p0, p1), j0, j1) in enumerate(zip(ranges, bounds[:-1], bounds[1:]))], sync)
 
 
 _LOOPS: dict = {}
@@ -234,20 +364,22 @@ def _self_check(addr, bits, dtype) -> bool:
 
 
 def loops_for(dtype) -> Loops | None:
-    """The compiled loops for float32/float64 arrays, or ``None`` where NumPy's OpenBLAS was not
-    found, its self-check failed, or looking for it raised (then with one warning); the answer is
-    worked out once per dtype and process."""
+    """The compiled loops for float32/float64 arrays under this thread's :func:`settings`, or
+    ``None`` where they cannot run: the BLAS engine where NumPy's OpenBLAS was not found, its
+    self-check failed, or looking for it raised (then with one warning). The lookup is made
+    once per dtype and process."""
     dtype = np.dtype(dtype)
-    if dtype in _LOOPS:  # decided: every call after the first (no lock on the layers' path)
-        return _LOOPS[dtype]
-    with _LOCK:
-        if dtype not in _LOOPS:
-            try:
-                found = blas.gemm_address(dtype)
-                ok = found is not None and _self_check(found[0], found[1], dtype)
-            except Exception as e:  # a numba/llvmlite/threadpoolctl surprise: keep the NumPy loop
-                warnings.warn(f"rnnlab: compiled loops over time unavailable ({type(e).__name__}: {e}); "
-                              "using the Python loop", RuntimeWarning, stacklevel=2)
-                ok = False
-            _LOOPS[dtype] = Loops(*found) if ok else None
-        return _LOOPS[dtype]
+    loops = _LOOPS.get(dtype)
+    if loops is None:
+        with _LOCK:
+            if dtype not in _LOOPS:
+                try:
+                    found = blas.gemm_address(dtype)
+                    ok = found is not None and _self_check(found[0], found[1], dtype)
+                except Exception as e:  # a numba/llvmlite/threadpoolctl surprise: no BLAS engine
+                    warnings.warn(f"rnnlab: compiled loops over time unavailable ({type(e).__name__}: {e}); "
+                                  "using the Python loop", RuntimeWarning, stacklevel=2)
+                    ok = False
+                _LOOPS[dtype] = Loops(dtype, found if ok else None)
+            loops = _LOOPS[dtype]
+    return loops if loops.available() else None

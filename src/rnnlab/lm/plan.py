@@ -1,0 +1,275 @@
+"""How a training step uses the CPU's threads, chosen by timing the candidates (as FFTW's planner
+and cuDNN's algorithm search do) instead of by a rule of thumb.
+
+A plan is a kind and a thread count ``N``; the kinds (:data:`KINDS`)::
+
+    blas           one shard; the per-step GEMMs by NumPy's OpenBLAS; every GEMM on N BLAS threads
+    packed         one shard; the per-step GEMMs by the packed micro-kernel (nn/packed.py) on one
+                   thread; the whole-sequence GEMMs on N BLAS threads
+    team           one shard; every time step split over N threads by hidden units (nn/team.py,
+                   packed micro-kernel); the whole-sequence GEMMs on N BLAS threads
+    split          the batch's rows in N shards, one thread each (lm/shards.py); OpenBLAS per step
+    split-packed   the same, with the packed micro-kernel per step
+
+Results. ``blas`` gives the NumPy loop's bits; ``packed`` and ``team`` give each other's bits for
+every N (each element of a product is summed in the same order by whichever thread computes it);
+``split`` and ``split-packed`` add the shards' gradients in shard order, so they agree with the
+unsplit step to rounding and are bit-for-bit repeatable for the same N. A run records its plan in
+its checkpoints, so a resumed run continues with the same bits.
+
+:func:`choose` times forward, loss and backward of every candidate on a batch of the run's shape
+(random ids, the model's current weights, no optimizer step: the run itself is not touched),
+alternating the candidates over a few rounds, keeps the fastest by median and remembers it for
+this machine and model shape (:func:`cache_path`): later runs of the same shape take it without
+timing, and so compute the same bits as the first. ``plan="measure"`` times again;
+``plan="NAME"`` forces a kind. Only the candidates that can run are timed: the packed kinds need
+numba, the split kinds at least :data:`~rnnlab.lm.shards.MIN_ROWS` rows per shard, and a model
+that is not recurrent (or a CuPy run) has only ``blas``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, backend
+from ..errors import RnnlabError
+from ..io import atomic_write_json
+from ..nn import cells
+from .shards import MIN_ROWS, BatchShards, blas_limit, usable_cores
+
+KINDS = ("blas", "packed", "team", "split", "split-packed")
+AUTO, MEASURE = "auto", "measure"
+
+SETTLE_S = 0.15
+"""Pause before each round of timings on more than one thread, so that the BLAS's idle worker
+threads (OpenBLAS spins about 0.1 s after a call before it sleeps) are asleep when the plans that
+do not use them are timed."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str = "blas"
+    threads: int = 1
+
+    def __post_init__(self):
+        if self.kind not in KINDS or self.threads < 1:
+            raise ValueError(f"plan must be one of {KINDS} on >= 1 threads, got {self.kind!r} x {self.threads}")
+
+    @property
+    def shards(self) -> int:
+        """Blocks of batch rows, each on its own thread."""
+        return self.threads if self.kind.startswith("split") else 1
+
+    @property
+    def gemm(self) -> str:
+        """The per-step GEMM of the compiled loops (:func:`rnnlab.nn.cells.loop_settings`)."""
+        return "blas" if self.kind in ("blas", "split") else "packed"
+
+    @property
+    def team(self) -> int:
+        """Threads that share each time step of a shard."""
+        return self.threads if self.kind == "team" else 1
+
+    @property
+    def blas_threads(self) -> int:
+        """Threads of NumPy's BLAS while the plan runs."""
+        return 1 if self.kind.startswith("split") else self.threads
+
+    @property
+    def bits(self) -> tuple:
+        """Plans with equal ``bits`` give bit-identical results (see the module docstring)."""
+        if self.kind.startswith("split"):
+            return (self.kind, self.threads)
+        return (self.gemm,)
+
+    def batch_shards(self, model) -> BatchShards:
+        """The :class:`BatchShards` that runs ``model``'s steps by this plan (the caller holds the
+        BLAS at :attr:`blas_threads`)."""
+        return BatchShards(model, self.shards, self.gemm, self.team)
+
+    def describe(self) -> str:
+        return f"{self.kind} on {self.threads} thread{'' if self.threads == 1 else 's'}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "threads": self.threads}
+
+    @classmethod
+    def from_dict(cls, d) -> "Plan":
+        """A plan from :meth:`to_dict`'s record; raises ``ValueError`` on anything else."""
+        if not isinstance(d, dict) or not isinstance(d.get("threads"), int):
+            raise ValueError(f"not a plan record: {d!r}")
+        return cls(str(d.get("kind")), d["threads"])
+
+
+def candidates(model, batch: int, threads: int) -> list[Plan]:
+    """The plans that can run ``model`` on ``threads`` threads with ``batch`` rows here."""
+    recurrent = getattr(model, "cell", None) in ("rnn", "lstm", "gru")
+    if not recurrent or backend.xp is not np:
+        return [Plan("blas", threads)]
+    numba = cells.numba_enabled()
+    kinds = ["blas"] + (["packed"] if numba else [])
+    if threads > 1:
+        if numba:
+            kinds.append("team")
+        if batch >= threads * MIN_ROWS:
+            kinds += ["split"] + (["split-packed"] if numba else [])
+    return [Plan(k, threads) for k in kinds]
+
+
+def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3, keep: float = 1.25,
+            seed: int = 0) -> dict[Plan, float]:
+    """Median seconds of forward, loss and backward per plan, on random ids ``(seq_len, batch)``.
+
+    A warm-up step per plan (compilation, first-touch memory), then ``rounds`` rounds; in each, every
+    plan still in the race runs one untimed step and two timed ones, the plans with one BLAS thread
+    first, after a pause of :data:`SETTLE_S` when the threads are shared. After the first round
+    only the plans within ``keep`` times the best so far stay in the race (the others keep their
+    first median)."""
+    V = getattr(model, "vocab_size")
+    rng = np.random.default_rng(seed)
+    x = backend.asarray(rng.integers(0, V, (seq_len, batch)))
+    y = backend.asarray(rng.integers(0, V, (seq_len, batch)))
+    state = model.initial_state(backend.xp, batch)
+    plans = sorted(plans, key=lambda p: p.blas_threads)  # single-BLAS-thread plans first in a round
+    runners = {p: p.batch_shards(model) for p in plans}
+    times: dict[Plan, list[float]] = {p: [] for p in plans}
+    shared = max(p.threads for p in plans) > 1
+    try:
+        for p in plans:
+            with blas_limit(p.blas_threads):
+                runners[p].step(x, y, state, None, np.random.default_rng(seed))
+        race = list(plans)
+        for r in range(rounds):
+            if shared:
+                time.sleep(SETTLE_S)
+            for p in race:
+                with blas_limit(p.blas_threads):
+                    runners[p].step(x, y, state, None, np.random.default_rng(seed))
+                    for _ in range(2):
+                        drop = np.random.default_rng(seed)  # dropout masks, where the model has dropout
+                        t0 = time.perf_counter()
+                        runners[p].step(x, y, state, None, drop)
+                        times[p].append(time.perf_counter() - t0)
+            if r == 0 and len(race) > 2:
+                best = min(statistics.median(times[p]) for p in race)
+                race = [p for p in race if statistics.median(times[p]) <= keep * best]
+    finally:
+        for s in runners.values():
+            s.close()
+        model.zero_grad()
+    return {p: statistics.median(ts) for p, ts in times.items()}
+
+
+def fastest(model, batch: int, seq_len: int, threads: int) -> tuple[Plan, dict[Plan, float]]:
+    """The fastest of :func:`candidates` by :func:`measure`, and the timings (none when there is
+    only one candidate)."""
+    options = candidates(model, batch, threads)
+    if len(options) == 1:
+        return options[0], {}
+    timed = measure(model, options, batch, seq_len)
+    return min(timed, key=timed.get), timed
+
+
+# ------------------------------------------------------------------------------ the remembered choices
+def cache_path() -> Path:
+    """Where the choices are remembered: ``$RNNLAB_CACHE_DIR/plans.json``, else under
+    ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    root = os.environ.get("RNNLAB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rnnlab")
+    return Path(root) / "plans.json"
+
+
+def _machine() -> str:
+    """What the timings depend on besides the model: the CPU, its usable cores, the BLAS kernel,
+    numba's vector width and the versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    from threadpoolctl import threadpool_info
+
+    kernels = sorted(f"{i.get('internal_api')}:{i.get('architecture')}" for i in threadpool_info()
+                     if i.get("user_api") == "blas")
+    vec = ""
+    if cells.numba_enabled():
+        from ..nn import packed
+
+        vec = f"numba{packed.VECTOR_BYTES * 8}"
+    return "|".join([cpu, f"{usable_cores()} cores", *kernels, vec, f"rnnlab {__version__}"])
+
+
+def _cache_key(model, batch: int, seq_len: int, threads: int) -> str:
+    return json.dumps({"machine": _machine(), "model": model.config(), "batch": batch, "seq_len": seq_len,
+                       "threads": threads}, sort_keys=True)
+
+
+def _cache_read() -> dict:
+    try:
+        with open(cache_path(), encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):  # none yet, unreadable or damaged: measure again
+        return {}
+
+
+def _cache_write(key: str, plan: Plan, timed: dict) -> None:
+    data = _cache_read()
+    data[key] = {**plan.to_dict(), "timings_ms": {p.kind: round(t * 1e3, 3) for p, t in timed.items()},
+                 "date": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        cache_path().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache_path(), data)
+    except (OSError, RnnlabError):  # a read-only home: the choice is simply not remembered
+        pass
+
+
+def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, log=None) -> Plan:
+    """The plan for training ``model`` on ``threads`` threads (0: every usable core).
+
+    ``plan`` names a kind (:data:`KINDS`), taken as asked; ``"auto"`` takes the choice made for
+    this machine and model shape before (:func:`cache_path`), or else times the candidates
+    (:func:`fastest`) and remembers the fastest, so that later runs of the same shape compute the
+    same bits without timing again; ``"measure"`` times them even so and remembers the new
+    choice. ``log`` receives one line saying which plan and why."""
+    n = threads if threads > 0 else usable_cores()
+    if plan not in (AUTO, MEASURE):
+        if plan not in KINDS:
+            raise RnnlabError(f"--plan must be auto, measure or one of {', '.join(KINDS)}, got {plan!r}")
+        if plan.startswith("split"):
+            n = min(n, batch)  # at least one row per shard
+        chosen = Plan(plan, n)
+        if chosen.gemm == "packed" and backend.xp is np and not cells.numba_enabled():
+            raise RnnlabError(f"--plan {plan} needs numba (pip install 'rnnlab[fast]'); choose blas or split")
+        if log:
+            log(f"plan: {chosen.describe()} (as asked)")
+        return chosen
+    options = candidates(model, batch, n)
+    if len(options) == 1:
+        return options[0]
+    key = _cache_key(model, batch, seq_len, n)
+    if plan == AUTO:
+        hit = _cache_read().get(key)
+        try:
+            chosen = Plan.from_dict(hit)
+        except ValueError:
+            chosen = None
+        if chosen in options:
+            if log:
+                log(f"plan: {chosen.describe()}, the fastest when measured on this machine for this model on "
+                    f"{hit.get('date', '?')} (--plan measure times the candidates again)")
+            return chosen
+    chosen, timed = fastest(model, batch, seq_len, n)
+    _cache_write(key, chosen, timed)
+    if log:
+        log(f"plan: {chosen.describe()}, the fastest of " + ", ".join(
+            f"{p.kind} {timed[p] * 1e3:.1f} ms" for p in sorted(timed, key=timed.get)) + " per step (forward + backward)")
+    return chosen

@@ -1,0 +1,238 @@
+"""The parallel plans of a training step (rnnlab.lm.plan): what each computes, how one is chosen,
+and that a run keeps its plan across a resume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rnnlab.errors import RnnlabError
+from rnnlab.lm import plan as planner
+from rnnlab.lm.plan import KINDS, Plan
+from rnnlab.models import build_model
+from rnnlab.nn import cells
+
+V = 11
+numba = pytest.mark.skipif(not cells.numba_enabled(), reason="the packed plans need numba")
+
+
+def _model(cell="lstm", dtype="float64", dropout=0.0):
+    return build_model({"model": cell, "hidden": 20, "layers": 2, "embed": 5, "dropout": dropout, "vocab_size": V,
+                        "dtype": dtype}, rng=np.random.default_rng(3))
+
+
+def _step(model, plan, x, y, state, lengths=None):
+    """Loss, final state and gradients of one step by ``plan``."""
+    with plan.batch_shards(model) as shards:
+        loss, state_n = shards.step(x, y, state, lengths, np.random.default_rng(5))
+    return float(loss), [np.asarray(s).copy() for s in state_n], {k: g.copy() for k, g in model.grads.items()}
+
+
+def _batch(B=8, T=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    y[0, 1] = -1  # an unscored item
+    return x, y
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_plan_computes_the_unsplit_step(cell, dtype):
+    """Every kind on 1-3 threads gives the unsplit BLAS step's loss, state and gradients to
+    rounding (a carried state, an unscored item)."""
+    model = _model(cell, dtype)
+    x, y = _batch()
+    state = tuple(a + 0.5 for a in model.initial_state(np, 8)) if cell == "lstm" else model.initial_state(np, 8) + 0.5
+    ref = _step(model, Plan("blas", 1), x, y, state)
+    tol = 1e-12 if dtype == "float64" else 3e-5
+    for kind in KINDS:
+        if kind != "blas" and "packed" in Plan(kind, 2).gemm and not cells.numba_enabled():
+            continue
+        for n in (1, 2, 3):
+            if kind.startswith("split") and n == 1:
+                continue
+            got = _step(model, Plan(kind, n), x, y, state)
+            assert got[0] == pytest.approx(ref[0], rel=tol), (kind, n)
+            for a, b in zip(got[1], ref[1]):
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"{kind} x {n}")
+            for k in ref[2]:
+                np.testing.assert_allclose(got[2][k], ref[2][k], rtol=tol, atol=tol, err_msg=f"{kind} x {n}: {k}")
+
+
+@numba
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_packed_and_team_give_the_same_bits_and_split_repeats_itself(cell):
+    """The bit-identical families of the module docstring: packed on one thread = team on any
+    count (dropout masks included); a split plan gives the same bits every time it runs with the
+    same count."""
+    model = _model(cell, "float32", dropout=0.3)
+    x, y = _batch(B=9)
+    packed = _step(model, Plan("packed", 1), x, y, None)
+    for n in (2, 3):
+        team = _step(model, Plan("team", n), x, y, None)
+        assert team[0] == packed[0]
+        for k in packed[2]:
+            np.testing.assert_array_equal(team[2][k], packed[2][k], err_msg=k)
+    for kind in ("split", "split-packed"):
+        a, b = _step(model, Plan(kind, 3), x, y, None), _step(model, Plan(kind, 3), x, y, None)
+        assert a[0] == b[0] and all(np.array_equal(a[2][k], b[2][k]) for k in a[2])
+    assert Plan("team", 4).bits == Plan("packed", 1).bits != Plan("blas", 2).bits
+    assert Plan("split", 2).bits != Plan("split", 3).bits
+
+
+def test_candidates_follow_what_can_run(monkeypatch):
+    lstm = _model("lstm")
+    mlp = build_model({"model": "mlp", "context": 3, "embed": 4, "hidden": 8, "layers": 1, "vocab_size": V})
+    assert planner.candidates(mlp, 64, 2) == [Plan("blas", 2)]  # the BLAS threads a window model itself
+    one = [p.kind for p in planner.candidates(lstm, 64, 1)]
+    two = [p.kind for p in planner.candidates(lstm, 64, 2)]
+    few_rows = [p.kind for p in planner.candidates(lstm, 15, 2)]  # fewer than 8 rows per shard
+    if cells.numba_enabled():
+        assert one == ["blas", "packed"] and two == ["blas", "packed", "team", "split", "split-packed"]
+        assert few_rows == ["blas", "packed", "team"]
+    monkeypatch.setenv("RNNLAB_NO_NUMBA", "1")
+    assert [p.kind for p in planner.candidates(lstm, 64, 2)] == ["blas", "split"]
+
+
+def test_choose_times_the_candidates_and_keeps_the_fastest(monkeypatch):
+    """The fastest by the measurement wins and the log says which and why; a named plan is taken
+    as asked (split on at most one thread per row), one the installation cannot run is refused."""
+    model = _model("lstm", "float32")
+    fake = {"blas": 3.0, "packed": 2.0, "team": 1.0, "split": 1.5, "split-packed": 1.2}
+    seen = []
+
+    def measure(m, plans, batch, seq_len, **kw):
+        seen.append((batch, seq_len, [p.kind for p in plans]))
+        return {p: fake[p.kind] for p in plans}
+
+    monkeypatch.setattr(planner, "measure", measure)
+    monkeypatch.setattr(planner, "usable_cores", lambda: 2)
+    lines = []
+    got = planner.choose(model, 32, 7, log=lines.append)
+    want = "team" if cells.numba_enabled() else "split"
+    assert got == Plan(want, 2) and seen[0][:2] == (32, 7)
+    assert lines and lines[0].startswith(f"plan: {want} on 2 threads, the fastest of")
+    assert planner.choose(model, 32, 7, threads=4, plan="split", log=lines.append) == Plan("split", 4)
+    assert planner.choose(model, 3, 7, threads=4, plan="split") == Plan("split", 3)
+    assert len(seen) == 1  # a named plan is not measured
+    with pytest.raises(RnnlabError, match="--plan must be"):
+        planner.choose(model, 32, 7, plan="fastest")
+    monkeypatch.setenv("RNNLAB_NO_NUMBA", "1")
+    with pytest.raises(RnnlabError, match="needs numba"):
+        planner.choose(model, 32, 7, plan="team")
+
+
+def test_measure_leaves_the_model_as_it_was():
+    """Timing the candidates runs forward and backward only: the weights do not move, the
+    gradients are cleared, and every candidate gets a time."""
+    model = _model("gru", "float32", dropout=0.2)
+    before = {k: v.copy() for k, v in model.params.items()}
+    plans = planner.candidates(model, 16, 2)
+    timed = planner.measure(model, plans, 16, 5, rounds=2)
+    assert set(timed) == set(plans) and all(t > 0 for t in timed.values())
+    assert all(np.array_equal(before[k], model.params[k]) for k in before)
+    assert all(not g.any() for g in model.grads.values())
+
+
+def test_plan_records_round_trip_and_reject_nonsense():
+    for kind in KINDS:
+        assert Plan.from_dict(Plan(kind, 3).to_dict()) == Plan(kind, 3)
+    for bad in ({"kind": "fast", "threads": 2}, {"kind": "team", "threads": 0}, {"kind": "team"}, "team", None):
+        with pytest.raises(ValueError):
+            Plan.from_dict(bad)
+
+
+def _train(main, text, out, *extra):
+    opts = ["--model", "gru", "--layers", "1", "--hidden", "12", "--embed", "6", "--batch", "16", "--seq-len", "8",
+            "--eval-every", "2", "--schedule", "constant", "--quiet"]
+    assert main(["train", str(text), "--out", str(out), *opts, *extra]) == 0
+
+
+@pytest.mark.parametrize("kind", ["split", "team"])
+def test_a_resumed_run_keeps_its_plan_and_its_bits(kind, tmp_path, monkeypatch, capsys):
+    """The checkpoint records the plan; a resume without --threads/--plan continues with it even
+    where the planner would now choose another, so it ends bit-identical to a straight run."""
+    if kind == "team" and not cells.numba_enabled():
+        pytest.skip("the team plan needs numba")
+    from rnnlab.cli import main
+    from rnnlab.lm.checkpoint import load_checkpoint
+
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+    _train(main, text, tmp_path / "straight", "--threads", "2", "--plan", kind, "--max-steps", "6")
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))  # nothing remembered from other tests
+    monkeypatch.setattr(planner, "usable_cores", lambda: 2)
+    monkeypatch.setattr(planner, "measure", lambda m, plans, *a, **k: {p: 0.0 if p.kind == kind else 1.0
+                                                                        for p in plans})
+    _train(main, text, tmp_path / "resumed", "--max-steps", "3")  # auto: the fake timings pick `kind`
+    first = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")[1]
+    assert first["plan"] == {"kind": kind, "threads": 2} and first["step"] == 3
+    monkeypatch.setattr(planner, "measure", lambda m, plans, *a, **k: {p: 0.0 if p.kind == "blas" else 1.0
+                                                                        for p in plans})
+    capsys.readouterr()
+    assert main(["train", str(text), "--out", str(tmp_path / "resumed"), "--resume", "--max-steps", "6"]) == 0
+    assert f"plan: {kind} on 2 threads, as the checkpoint trained" in capsys.readouterr().out
+    a, ma = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors")
+    b, mb = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
+    assert ma["step"] == mb["step"] == 6 and mb["plan"] == ma["plan"]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_plan_says_whether_the_bits_change(tmp_path, capsys):
+    """--resume --threads/--plan plans again; the run says when the new plan sums in another order
+    (and not when it computes alike, e.g. team on another thread count); the next checkpoint
+    records the new plan."""
+    from rnnlab.cli import main
+    from rnnlab.lm.checkpoint import load_checkpoint
+
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+    _train(main, text, tmp_path / "run", "--threads", "1", "--plan", "blas", "--max-steps", "3")
+    capsys.readouterr()
+    assert main(["train", str(text), "--out", str(tmp_path / "run"), "--resume", "--threads", "2", "--plan", "split",
+                 "--max-steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: split on 2 threads (as asked)" in out and "no longer bit-identical" in out
+    meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")[1]
+    assert meta["plan"] == {"kind": "split", "threads": 2}
+    if cells.numba_enabled():
+        _train(main, text, tmp_path / "team", "--threads", "2", "--plan", "team", "--max-steps", "3")
+        capsys.readouterr()
+        assert main(["train", str(text), "--out", str(tmp_path / "team"), "--resume", "--threads", "3",
+                     "--max-steps", "5", "--plan", "packed"]) == 0
+        out = capsys.readouterr().out
+        assert "plan: packed on 3 threads (as asked)" in out and "no longer bit-identical" not in out
+
+
+def test_checkpoints_from_before_plans_resume_with_their_shard_count():
+    from rnnlab.lm.trainer import _saved_plan
+
+    assert _saved_plan({"shards": 3}) == Plan("split", 3)
+    assert _saved_plan({"shards": 1}).kind == "blas" and _saved_plan({}).kind == "blas"
+    assert _saved_plan({"plan": {"kind": "team", "threads": 2}, "shards": 1}) == Plan("team", 2)
+
+
+def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):
+    """The first auto run measures and remembers; the next run of the same shape takes the same
+    plan without timing; another shape, or plan="measure", times again; a damaged cache file is
+    measured over."""
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(planner, "usable_cores", lambda: 2)
+    calls = []
+    order = iter(["split", "blas", "blas", "split"])
+
+    def measure(m, plans, batch, seq_len, **kw):
+        fast = next(order)
+        calls.append(fast)
+        return {p: 0.0 if p.kind == fast else 1.0 for p in plans}
+
+    monkeypatch.setattr(planner, "measure", measure)
+    model = _model("lstm", "float32")
+    lines = []
+    assert planner.choose(model, 32, 7, log=lines.append).kind == "split" and len(calls) == 1
+    assert planner.choose(model, 32, 7, log=lines.append).kind == "split" and len(calls) == 1
+    assert "the fastest when measured on this machine" in lines[-1]
+    assert planner.choose(model, 32, 8).kind == "blas" and len(calls) == 2  # another shape
+    assert planner.choose(model, 32, 7, plan="measure").kind == "blas" and len(calls) == 3
+    assert planner.choose(model, 32, 7).kind == "blas" and len(calls) == 3  # the new choice is remembered
+    planner.cache_path().write_text("{not json", encoding="utf-8")
+    assert planner.choose(model, 32, 7).kind == "split" and len(calls) == 4

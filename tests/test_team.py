@@ -1,0 +1,211 @@
+"""The packed per-step GEMM (rnnlab.nn.packed), the spin barrier (rnnlab.nn.spin) and the loops
+over time split over a team of threads by hidden units (rnnlab.nn.team, timeloop.settings).
+
+What the parallel plans rely on: the packed GEMM is a GEMM (against NumPy), its every element is
+summed the same way whichever panel computes it, so a team of any size gives the bits of one
+thread; a failing member stops the others instead of leaving them waiting.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from numba import njit  # noqa: E402
+
+from rnnlab.nn import cells, packed, spin, team, timeloop  # noqa: E402
+from rnnlab.nn.recurrent import GRU, LSTM, RNN  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not cells.numba_enabled(), reason="the numba kernels are off (RNNLAB_NO_NUMBA)")
+
+
+def _packed_product(a, W, transpose, segments):
+    """``a @ W^T`` (``transpose``) or ``a @ W`` by the packed GEMM, panels cut from ``segments``
+    (each column outside every segment stays NaN)."""
+    nr = packed.panel_width(a.dtype)
+    pcol, pw = packed.panels(segments, nr)
+    K = W.shape[1] if transpose else W.shape[0]
+    N = W.shape[0] if transpose else W.shape[1]
+    P = np.empty((len(pcol), K, nr), a.dtype)
+    packed.pack(W, transpose, pcol, pw, P, 0, len(pcol))
+    c = np.full((a.shape[0], N), np.nan, a.dtype)
+    packed.gemm(a, P, pcol, pw, c, 0, len(pcol))
+    return c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (5, 3, 7), (7, 33, 129), (13, 64, 70), (32, 40, 160)])
+@pytest.mark.parametrize("transpose", [True, False])
+def test_packed_gemm_is_a_gemm(dtype, M, K, N, transpose):
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    W = rng.standard_normal((N, K) if transpose else (K, N)).astype(dtype)
+    want = a.astype(np.float64) @ (W.T if transpose else W).astype(np.float64)
+    got = _packed_product(a, W, transpose, [(0, N)])
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(K))
+
+
+def test_packed_gemm_on_strided_rows_and_column_blocks():
+    """``a`` and ``c`` may be views with a row stride of their own; only the panels' columns are written."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((9, 50)).astype(np.float32)
+    a = base[1:8, 5:45]  # (7, 40), row stride 50
+    W = rng.standard_normal((40, 90)).astype(np.float32)
+    got = _packed_product(a, W, False, [(10, 30), (60, 90)])
+    want = a @ W
+    np.testing.assert_allclose(got[:, 10:30], want[:, 10:30], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[:, 60:90], want[:, 60:90], rtol=1e-5, atol=1e-5)
+    assert np.isnan(got[:, :10]).all() and np.isnan(got[:, 30:60]).all()
+
+
+def test_each_element_has_the_same_bits_whatever_the_panels_and_rows():
+    """The property a team relies on: cutting the columns into other panels, or the rows into
+    other blocks, does not change a single bit."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((29, 77)).astype(np.float32)
+    W = rng.standard_normal((150, 77)).astype(np.float32)
+    whole = _packed_product(a, W, True, [(0, 150)])
+    cut = _packed_product(a, W, True, [(0, 13), (13, 64), (64, 65), (65, 150)])
+    np.testing.assert_array_equal(whole, cut)
+    rows = np.concatenate([_packed_product(a[i:i + 5], W, True, [(0, 150)]) for i in range(0, 29, 5)])
+    np.testing.assert_array_equal(whole, rows)
+
+
+@pytest.mark.parametrize("H, n, q", [(128, 2, 16), (40, 2, 16), (40, 3, 16), (5, 4, 8), (1, 2, 8), (100, 3, 8)])
+def test_unit_bounds_cover_every_unit_once(H, n, q):
+    b = team.unit_bounds(H, n, q)
+    assert b[0] == 0 and b[-1] == H and len(b) - 1 <= n
+    assert all(lo < hi for lo, hi in zip(b[:-1], b[1:]))  # no empty member
+    if H >= n * q:
+        assert all(x % q == 0 for x in b[1:-1]) and len(b) - 1 == n
+
+
+@njit(nogil=True)
+def _count_together(sync, me, team_size, steps, seen):
+    """Each member writes its step into ``seen[me]`` and, after the barrier, checks that every
+    other member has written that step too; returns the number of violations."""
+    bad = 0
+    for s in range(1, steps + 1):
+        seen[me] = s
+        if not spin.arrive_and_wait(sync, me, team_size, s):
+            return -1
+        for q in range(team_size):
+            if seen[q] < s:
+                bad += 1
+    return bad
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_the_barrier_lets_no_member_past_a_step_before_all_finish_it(size):
+    sync, seen = spin.new_sync(size), np.zeros(size, np.int64)
+    _count_together(sync, 0, 1, 1, seen)  # compile before the threads start
+    out = [None] * size
+
+    def member(p):
+        out[p] = _count_together(sync, p, size, 2000, seen)
+
+    threads = [threading.Thread(target=member, args=(p,)) for p in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert out == [0] * size
+
+
+def _run(layer_cls, dtype, gemm, size, *, bidir=False, lengths=None, bias=True, kw=None):
+    """Forward and backward of a 2-layer stack under ``timeloop.settings(gemm, size)``."""
+    rng = np.random.default_rng(1)
+    layer = layer_cls(5, 40, num_layers=2, bidirectional=bidir, bias=bias, dtype=dtype,
+                      rng=np.random.default_rng(0), **(kw or {}))
+    T, B, LD = 7, 6, 2 * (2 if bidir else 1)
+    x = rng.standard_normal((T, B, 5)).astype(dtype)
+    h0 = rng.standard_normal((LD, B, 40)).astype(dtype)
+    state = (h0, rng.standard_normal((LD, B, 40)).astype(dtype)) if layer_cls is LSTM else h0
+    with timeloop.settings(gemm, size):
+        y, state_n, cache = layer.forward(x, state, lengths=lengths)
+        y = y.copy()
+        dx, dstate0 = layer.backward(rng.standard_normal(y.shape).astype(dtype), None, cache)
+    out = {"y": y, "dx": dx, **{f"grad {k}": g for k, g in layer.grads.items()}}
+    for name, s in (("state_n", state_n), ("dstate0", dstate0)):
+        for i, a in enumerate(s if isinstance(s, tuple) else (s,)):
+            out[f"{name}[{i}]"] = a
+    for k, dirs in enumerate(cache["dh"]):
+        for d, dh in enumerate(dirs):
+            out[f"dh[{k}][{d}]"] = dh
+    return out
+
+
+CASES = [(RNN, {}), (RNN, {"nonlinearity": "relu"}), (LSTM, {}), (GRU, {})]
+
+
+@pytest.mark.parametrize("layer_cls, kw", CASES, ids=["rnn", "rnn-relu", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bidir, lengths, bias", [(False, None, True), (True, np.array([7, 3, 0, 5, 7, 1]), True),
+                                                  (False, np.array([2, 7, 7, 1, 4, 6]), False)])
+def test_a_team_gives_the_bits_of_one_thread_and_the_blas_loop_to_rounding(layer_cls, kw, dtype, bidir, lengths,
+                                                                           bias):
+    args = dict(bidir=bidir, lengths=lengths, bias=bias, kw=kw)
+    one = _run(layer_cls, dtype, "packed", 1, **args)
+    for size in (2, 3):
+        split = _run(layer_cls, dtype, "packed", size, **args)
+        for name in one:
+            np.testing.assert_array_equal(split[name], one[name], err_msg=f"team of {size}: {name}")
+    if timeloop.loops_for(dtype) is not None:  # NumPy's OpenBLAS is there: the BLAS engine to rounding
+        ref = _run(layer_cls, dtype, "blas", 1, **args)
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        for name in one:
+            np.testing.assert_allclose(one[name], ref[name], rtol=tol, atol=tol, err_msg=name)
+
+
+def test_the_packed_engine_runs_without_numpys_openblas(monkeypatch):
+    from rnnlab.nn import blas
+
+    monkeypatch.setattr(blas, "gemm_address", lambda dtype: None)
+    monkeypatch.setattr(timeloop, "_LOOPS", {})
+    assert timeloop.loops_for(np.float32) is None  # the BLAS engine: the Python loop runs
+    with timeloop.settings("packed", 2):
+        assert timeloop.loops_for(np.float32) is not None
+    out = _run(LSTM, np.float32, "packed", 2)
+    assert all(np.isfinite(v).all() for v in out.values())
+
+
+def test_a_failing_member_stops_the_team_instead_of_hanging():
+    """A member that raises sets the abort flag: the others stop waiting and the error reaches the
+    caller (here the GEMM operands do not fit, which every member notices at its first step)."""
+    loops = None
+    T, B, H = 5, 4, 32
+    A = np.zeros((T, B, 4 * H), np.float32)
+    S, C = np.zeros((T + 1, B, H), np.float32), np.zeros((T + 1, B, H), np.float32)
+    TC, tmp = np.zeros((T, B, H), np.float32), np.zeros((B, 4 * H), np.float32)
+    errors = []
+
+    def call():
+        try:
+            with timeloop.settings("packed", 2):
+                timeloop.loops_for(np.float32).lstm_forward(A, S, C, TC, np.zeros((4 * H + 4, H + 1), np.float32),
+                                                            None, None, False, tmp)
+        except ValueError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive() and loops is None
+    assert errors and "mismatched" in str(errors[0])
+
+
+def test_settings_are_per_thread_and_checked():
+    with pytest.raises(ValueError):
+        with timeloop.settings("fast", 1):
+            pass
+    seen = {}
+    with timeloop.settings("packed", 3):
+        t = threading.Thread(target=lambda: seen.setdefault("other", timeloop.current()))
+        t.start()
+        t.join()
+        seen["here"] = timeloop.current()
+    assert seen == {"here": ("packed", 3), "other": ("blas", 1)} and timeloop.current() == ("blas", 1)
