@@ -60,22 +60,23 @@ def test_every_plan_computes_the_unsplit_step(cell, dtype):
 
 @numba
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_packed_and_team_give_the_same_bits_and_split_repeats_itself(cell):
-    """The bit-identical families of the module docstring: packed on one thread = team on any
+def test_packed_gives_the_same_bits_on_any_thread_count_and_split_repeats_itself(cell):
+    """The bit-identical families of the module docstring: packed on one thread = packed on any
     count (dropout masks included); a split plan gives the same bits every time it runs with the
     same count."""
     model = _model(cell, "float32", dropout=0.3)
     x, y = _batch(B=9)
     packed = _step(model, Plan("packed", 1), x, y, None)
     for n in (2, 3):
-        team = _step(model, Plan("team", n), x, y, None)
+        team = _step(model, Plan("packed", n), x, y, None)
         assert team[0] == packed[0]
         for k in packed[2]:
             np.testing.assert_array_equal(team[2][k], packed[2][k], err_msg=k)
     for kind in ("split", "split-packed"):
         a, b = _step(model, Plan(kind, 3), x, y, None), _step(model, Plan(kind, 3), x, y, None)
         assert a[0] == b[0] and all(np.array_equal(a[2][k], b[2][k]) for k in a[2])
-    assert Plan("team", 4).bits == Plan("packed", 1).bits != Plan("blas", 2).bits
+    assert Plan("packed", 4).bits == Plan("packed", 1).bits != Plan("blas", 2).bits
+    assert Plan("blas", 1).bits == Plan("blas", 2).bits
     assert Plan("split", 2).bits != Plan("split", 3).bits
 
 
@@ -87,8 +88,8 @@ def test_candidates_follow_what_can_run(monkeypatch):
     two = [p.kind for p in planner.candidates(lstm, 64, 2)]
     few_rows = [p.kind for p in planner.candidates(lstm, 15, 2)]  # fewer than 8 rows per shard
     if cells.numba_enabled():
-        assert one == ["blas", "packed"] and two == ["blas", "packed", "team", "split", "split-packed"]
-        assert few_rows == ["blas", "packed", "team"]
+        assert one == ["blas", "packed"] and two == ["blas", "packed", "split", "split-packed"]
+        assert few_rows == ["blas", "packed"]
     monkeypatch.setenv("RNNLAB_NO_NUMBA", "1")
     assert [p.kind for p in planner.candidates(lstm, 64, 2)] == ["blas", "split"]
 
@@ -97,7 +98,7 @@ def test_choose_times_the_candidates_and_keeps_the_fastest(monkeypatch):
     """The fastest by the measurement wins and the log says which and why; a named plan is taken
     as asked (split on at most one thread per row), one the installation cannot run is refused."""
     model = _model("lstm", "float32")
-    fake = {"blas": 3.0, "packed": 2.0, "team": 1.0, "split": 1.5, "split-packed": 1.2}
+    fake = {"blas": 3.0, "packed": 1.0, "split": 1.5, "split-packed": 1.2}
     seen = []
 
     def measure(m, plans, batch, seq_len, **kw):
@@ -108,7 +109,7 @@ def test_choose_times_the_candidates_and_keeps_the_fastest(monkeypatch):
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
     lines = []
     got = planner.choose(model, 32, 7, log=lines.append)
-    want = "team" if cells.numba_enabled() else "split"
+    want = "packed" if cells.numba_enabled() else "split"
     assert got == Plan(want, 2) and seen[0][:2] == (32, 7)
     assert lines and lines[0].startswith(f"plan: {want} on 2 threads, the fastest of")
     assert planner.choose(model, 32, 7, threads=4, plan="split", log=lines.append) == Plan("split", 4)
@@ -118,7 +119,7 @@ def test_choose_times_the_candidates_and_keeps_the_fastest(monkeypatch):
         planner.choose(model, 32, 7, plan="fastest")
     monkeypatch.setenv("RNNLAB_NO_NUMBA", "1")
     with pytest.raises(RnnlabError, match="needs numba"):
-        planner.choose(model, 32, 7, plan="team")
+        planner.choose(model, 32, 7, plan="packed")
 
 
 def test_measure_leaves_the_model_as_it_was():
@@ -136,7 +137,7 @@ def test_measure_leaves_the_model_as_it_was():
 def test_plan_records_round_trip_and_reject_nonsense():
     for kind in KINDS:
         assert Plan.from_dict(Plan(kind, 3).to_dict()) == Plan(kind, 3)
-    for bad in ({"kind": "fast", "threads": 2}, {"kind": "team", "threads": 0}, {"kind": "team"}, "team", None):
+    for bad in ({"kind": "fast", "threads": 2}, {"kind": "packed", "threads": 0}, {"kind": "packed"}, "packed", None):
         with pytest.raises(ValueError):
             Plan.from_dict(bad)
 
@@ -147,12 +148,12 @@ def _train(main, text, out, *extra):
     assert main(["train", str(text), "--out", str(out), *opts, *extra]) == 0
 
 
-@pytest.mark.parametrize("kind", ["split", "team"])
+@pytest.mark.parametrize("kind", ["split", "packed"])
 def test_a_resumed_run_keeps_its_plan_and_its_bits(kind, tmp_path, monkeypatch, capsys):
     """The checkpoint records the plan; a resume without --threads/--plan continues with it even
     where the planner would now choose another, so it ends bit-identical to a straight run."""
-    if kind == "team" and not cells.numba_enabled():
-        pytest.skip("the team plan needs numba")
+    if kind == "packed" and not cells.numba_enabled():
+        pytest.skip("the packed plan needs numba")
     from rnnlab.cli import main
     from rnnlab.lm.checkpoint import load_checkpoint
 
@@ -179,7 +180,7 @@ def test_a_resumed_run_keeps_its_plan_and_its_bits(kind, tmp_path, monkeypatch, 
 
 def test_resume_with_another_plan_says_whether_the_bits_change(tmp_path, capsys):
     """--resume --threads/--plan plans again; the run says when the new plan sums in another order
-    (and not when it computes alike, e.g. team on another thread count); the next checkpoint
+    (and not when it computes alike, e.g. packed on another thread count); the next checkpoint
     records the new plan."""
     from rnnlab.cli import main
     from rnnlab.lm.checkpoint import load_checkpoint
@@ -195,7 +196,7 @@ def test_resume_with_another_plan_says_whether_the_bits_change(tmp_path, capsys)
     meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")[1]
     assert meta["plan"] == {"kind": "split", "threads": 2}
     if cells.numba_enabled():
-        _train(main, text, tmp_path / "team", "--threads", "2", "--plan", "team", "--max-steps", "3")
+        _train(main, text, tmp_path / "team", "--threads", "2", "--plan", "packed", "--max-steps", "3")
         capsys.readouterr()
         assert main(["train", str(text), "--out", str(tmp_path / "team"), "--resume", "--threads", "3",
                      "--max-steps", "5", "--plan", "packed"]) == 0
@@ -208,7 +209,7 @@ def test_checkpoints_from_before_plans_resume_with_their_shard_count():
 
     assert _saved_plan({"shards": 3}) == Plan("split", 3)
     assert _saved_plan({"shards": 1}).kind == "blas" and _saved_plan({}).kind == "blas"
-    assert _saved_plan({"plan": {"kind": "team", "threads": 2}, "shards": 1}) == Plan("team", 2)
+    assert _saved_plan({"plan": {"kind": "packed", "threads": 2}, "shards": 1}) == Plan("packed", 2)
 
 
 def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):

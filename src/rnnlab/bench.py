@@ -6,31 +6,35 @@ One training step is the whole loop a trainer runs, in float32::
       -> softmax cross-entropy -> backward -> Adam update
 
 rnnlab runs it as the trainer does (``RecurrentLM.forward`` / ``softmax_cross_entropy`` /
-``zero_grad`` / ``RecurrentLM.backward`` through :class:`rnnlab.lm.shards.BatchShards`, then
-``Adam.step``): at ``N`` threads the batch's rows are split over ``N`` threads with one BLAS
-thread each, as ``rnnlab train --threads N`` does, and the unsplit step on ``N`` BLAS threads is
-timed beside it for comparison. The PyTorch twin is ``nn.Embedding``
-(or one-hot vectors) + ``nn.RNN/LSTM/GRU`` + ``nn.Linear`` + ``F.cross_entropy`` +
-``torch.optim.Adam``. Both run in the same process with the same thread count (OpenBLAS
-through threadpoolctl, ``torch.set_num_threads``), alternating in blocks: each block is one
-untimed step (caches and worker threads warm again after the other side ran) and then
-:data:`BLOCK` timed steps back to back; with more than one thread a 0.15 s pause precedes each
-block, so that the other side's spinning idle workers (OpenBLAS spins ~0.1 s before sleeping)
-do not steal its cores. The time is the median of ``--steps`` timed steps after ``--warmup``
-steps.
+``zero_grad`` / ``RecurrentLM.backward`` through the :class:`rnnlab.lm.shards.BatchShards` of a
+parallel plan, then ``Adam.step``). In each row the plan ``rnnlab train --threads N`` would choose
+is chosen first, by the trainer's own short measurement (:func:`rnnlab.lm.plan.fastest`); then
+torch and *every* candidate plan are timed, so the table shows what the chosen plan gives and how
+far it is from the fastest candidate. The PyTorch twin is ``nn.Embedding`` (or one-hot vectors) +
+``nn.RNN/LSTM/GRU`` + ``nn.Linear`` + ``F.cross_entropy`` + ``torch.optim.Adam``. All run in the
+same process with the same thread count (OpenBLAS through threadpoolctl, as each plan holds it;
+``torch.set_num_threads``), alternating in blocks: each block is one untimed step (caches and
+worker threads warm again after the other side ran) and then :data:`BLOCK` timed steps back to
+back; with more than one thread a 0.15 s pause precedes each block, so that the other side's
+spinning idle workers (OpenBLAS spins ~0.1 s before sleeping) do not steal its cores. The time is
+the median of ``--steps`` timed steps after ``--warmup`` steps.
 
-Processes. Every measurement runs in a child process with a cleaned environment:
-``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset (the "unset" column) or
-``OPENBLAS_CORETYPE=Haswell`` forced (the "forced" column), and ``OPENBLAS_NUM_THREADS`` /
+Processes. Every measurement runs in a child process with a cleaned environment: with every
+variable of :data:`FORCED_AVX2` unset (the "unset" table: each library picks its code for the
+CPU, AVX-512 where there is one) or set (the "forced" table: AVX2 code on every side, OpenBLAS,
+numba and torch alike, as on a CPU without AVX-512), and ``OPENBLAS_NUM_THREADS`` /
 ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to the thread count. Each timing child also
 measures the float32 GEMM peak (NumPy ``sgemm``, square ``n = 2048``, best of 5, before and after
-the rows; the better of the two counts) and reports the
-BLAS that threadpoolctl sees. Peak memory is measured in one more child per side and row
-(unset environment; rnnlab once per thread count, since its step at N threads holds N shards'
-gradients, torch at 1 thread): the peak resident set (``VmHWM`` after resetting it through
-``/proc/self/clear_refs``; ``ru_maxrss`` where that is not available) minus the resident set
-before the model is built, with the libraries (torch, numba) already imported, so it counts
-parameters, optimizer state, activations and what the allocator keeps.
+the rows; the better of the two counts) and reports the BLAS that threadpoolctl sees, numba's
+vector width and torch's CPU capability. Peak memory is measured in one more child per side and
+row (unset environment; rnnlab once per thread count with the plan chosen there, since a split
+step holds a set of gradients per shard; torch at 1 thread): the peak resident set (``VmHWM``
+after resetting it through ``/proc/self/clear_refs``; ``ru_maxrss`` where that is not available)
+minus the resident set before the model is built, with the libraries (torch, numba) already
+imported, so it counts parameters, optimizer state, activations and what the allocator keeps.
+
+On a shared machine run it in parts (``--cells``, ``--configs``, ``--threads``, each with its own
+``--json``) and join them into one report with ``--from-json a.json,b.json,...``.
 
 FLOPs are counted from the shapes, as GEMM FLOPs of the dense model (elementwise work is not
 counted), the same number for both sides: per layer ``k`` with input size ``I_k`` and ``N = B T``
@@ -45,6 +49,7 @@ Usage::
     python -m rnnlab.bench [--quick] [--cells rnn,lstm,gru] [--layers 1,2] [--threads 1,2]
                            [--configs A,B,C,D] [--steps 10] [--warmup 3] [--no-forced]
                            [--no-memory] [--markdown docs/benchmarks.md] [--json out.json]
+                           [--from-json a.json,b.json]
 """
 from __future__ import annotations
 
@@ -607,7 +612,8 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
     p.add_argument("--configs", default="A,B,C,D")
     p.add_argument("--steps", type=int, default=10, help="timed steps per side (median reported)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--no-forced", action="store_true", help="skip the OPENBLAS_CORETYPE=Haswell column")
+    p.add_argument("--no-forced", action="store_true", help="skip the run with AVX2 forced on every side")
+    p.add_argument("--forced-only", action="store_true", help="only the run with AVX2 forced on every side")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--markdown", help="write the report to this file (e.g. docs/benchmarks.md)")
     p.add_argument("--json", help="write the raw results to this file")
@@ -656,13 +662,14 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
     print(f"rnnlab bench: parent environment {res['parent_env']}; children run with them unset"
           f"{'' if args.no_forced else ' and with AVX2 forced (' + ' '.join(f'{k}={v}' for k, v in FORCED_AVX2.items()) + ')'}",
           file=sys.stderr)
-    for key in ("unset",) + (() if args.no_forced else ("forced",)):
+    envs = [k for k in ("unset", "forced") if not (k == "forced" and args.no_forced or k == "unset" and args.forced_only)]
+    for key in envs:
         for th in threads:
             print(f"[{key}, {th} thread(s)]", file=sys.stderr, flush=True)
             spec = {"threads": th, "rows": rows, "steps": args.steps, "warmup": args.warmup,
                     "trainer": key == "unset" and not args.quick}
             res["runs"].setdefault(key, {})[str(th)] = _run_child("time", spec, _child_env(key == "forced", th))
-    if not args.no_memory:
+    if not args.no_memory and "unset" in envs:
         print("[peak memory, separate processes]", file=sys.stderr, flush=True)
         for r in rows:
             mk = f"{r['cell']}-{r['layers']}-{r['config']}"

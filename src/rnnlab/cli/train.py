@@ -37,7 +37,7 @@ TRAIN_OPTIONS = [
     ("--threads", "threads", _num(int, 0), "CPU threads a step uses, 0 = every usable core (default 0)"),
     ("--plan", "plan", str, "how a step uses the threads: auto = the fastest candidate, timed at the start of the "
                             "first run of this model shape on this machine and remembered; measure = time them "
-                            "again; or one of blas, packed, team, split, split-packed (default auto)"),
+                            "again; or one of blas, packed, split, split-packed (default auto)"),
 ]
 RESUME_OVERRIDABLE = {"max_steps", "max_time", "eval_every", "device", "threads", "plan"}
 

@@ -3,19 +3,20 @@ and cuDNN's algorithm search do) instead of by a rule of thumb.
 
 A plan is a kind and a thread count ``N``; the kinds (:data:`KINDS`)::
 
-    blas           one shard; the per-step GEMMs by NumPy's OpenBLAS; every GEMM on N BLAS threads
-    packed         one shard; the per-step GEMMs by the packed micro-kernel (nn/packed.py) on one
-                   thread; the whole-sequence GEMMs on N BLAS threads
-    team           one shard; every time step split over N threads by hidden units (nn/team.py,
-                   packed micro-kernel); the whole-sequence GEMMs on N BLAS threads
-    split          the batch's rows in N shards, one thread each (lm/shards.py); OpenBLAS per step
-    split-packed   the same, with the packed micro-kernel per step
+    blas           one shard; every GEMM by NumPy's OpenBLAS, on N BLAS threads
+    packed         one shard; the recurrent layers' GEMMs by the packed micro-kernel
+                   (nn/packed.py): each time step split over N threads by hidden units
+                   (nn/team.py), the whole-sequence products by rows; the few other GEMMs (the
+                   read-out) on one BLAS thread, so no idle BLAS worker spins beside the team
+    split          the batch's rows in N shards, one thread each (lm/shards.py); OpenBLAS on
+                   one thread per shard
+    split-packed   the same, with the packed micro-kernel in each shard
 
-Results. ``blas`` gives the NumPy loop's bits; ``packed`` and ``team`` give each other's bits for
-every N (each element of a product is summed in the same order by whichever thread computes it);
-``split`` and ``split-packed`` add the shards' gradients in shard order, so they agree with the
-unsplit step to rounding and are bit-for-bit repeatable for the same N. A run records its plan in
-its checkpoints, so a resumed run continues with the same bits.
+Results. ``blas`` gives the NumPy loop's bits; ``packed`` gives the same bits on every N (each
+element of a product is summed in the same order by whichever thread computes it); ``split`` and
+``split-packed`` add the shards' gradients in shard order, so they agree with the unsplit step to
+rounding and are bit-for-bit repeatable for the same N. A run records its plan in its
+checkpoints, so a resumed run continues with the same bits.
 
 :func:`choose` times forward, loss and backward of every candidate on a batch of the run's shape
 (random ids, the model's current weights, no optimizer step: the run itself is not touched),
@@ -44,7 +45,7 @@ from ..io import atomic_write_json
 from ..nn import cells
 from .shards import MIN_ROWS, BatchShards, blas_limit, usable_cores
 
-KINDS = ("blas", "packed", "team", "split", "split-packed")
+KINDS = ("blas", "packed", "split", "split-packed")
 AUTO, MEASURE = "auto", "measure"
 
 SETTLE_S = 0.15
@@ -75,19 +76,19 @@ class Plan:
     @property
     def team(self) -> int:
         """Threads that share each time step of a shard."""
-        return self.threads if self.kind == "team" else 1
+        return self.threads if self.kind == "packed" else 1
 
     @property
     def blas_threads(self) -> int:
         """Threads of NumPy's BLAS while the plan runs."""
-        return 1 if self.kind.startswith("split") else self.threads
+        return self.threads if self.kind == "blas" else 1
 
     @property
     def bits(self) -> tuple:
         """Plans with equal ``bits`` give bit-identical results (see the module docstring)."""
         if self.kind.startswith("split"):
             return (self.kind, self.threads)
-        return (self.gemm,)
+        return (self.kind,)
 
     def batch_shards(self, model) -> BatchShards:
         """The :class:`BatchShards` that runs ``model``'s steps by this plan (the caller holds the
@@ -115,11 +116,8 @@ def candidates(model, batch: int, threads: int) -> list[Plan]:
         return [Plan("blas", threads)]
     numba = cells.numba_enabled()
     kinds = ["blas"] + (["packed"] if numba else [])
-    if threads > 1:
-        if numba:
-            kinds.append("team")
-        if batch >= threads * MIN_ROWS:
-            kinds += ["split"] + (["split-packed"] if numba else [])
+    if threads > 1 and batch >= threads * MIN_ROWS:
+        kinds += ["split"] + (["split-packed"] if numba else [])
     return [Plan(k, threads) for k in kinds]
 
 

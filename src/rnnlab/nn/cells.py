@@ -115,6 +115,29 @@ def loop_settings(gemm: str = "blas", team: int = 1):
     return timeloop.settings(gemm, team)
 
 
+def matmul(xp, a, b, out, add: bool = False):
+    """``out = a @ b`` (``add``: ``out += a @ b``) for the recurrent layers' whole-sequence GEMMs:
+    by the packed kernel of :mod:`rnnlab.nn.packed`, rows split over the team, when this thread's
+    loop settings (:func:`loop_settings`) say ``"packed"`` for NumPy float arrays; else
+    ``xp.matmul`` (``add`` through a pooled temporary, as NumPy has no ``beta = 1``)."""
+    if xp is np and out.dtype in _FLOATS and numba_enabled():
+        from . import timeloop
+
+        gemm, team = timeloop.current()
+        if gemm == "packed":
+            from . import packed
+
+            return packed.matmul(a, b, out, add, team)
+    if not add:
+        return xp.matmul(a, b, out=out)
+    from .workspace import empty
+
+    tmp = empty((a.shape[0], b.shape[1]), out.dtype, xp)
+    xp.matmul(a, b, out=tmp)
+    out += tmp
+    return out
+
+
 def kernels_for(xp, dtype):
     """The step kernels for arrays of module ``xp`` and ``dtype``: the numba set for NumPy
     float32/float64 (when :func:`numba_enabled`), the fused CUDA set of :mod:`rnnlab.nn.cuda` for

@@ -28,11 +28,16 @@ Shapes: ``a (M, K)`` rows with unit column stride; ``W (N, K)`` (``transpose``) 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
+
+from . import spin, workspace
+from . import team as team_mod
 
 _OPTS = dict(cache=True, nogil=True)
 
@@ -88,9 +93,12 @@ def panel_width(dtype) -> int:
 
 # ------------------------------------------------------------------------------ micro-kernel
 @intrinsic
-def _tile(typingctx, a, panel, c, m, nv):
-    """``c[:m, :nv] = a[:m] @ panel[:, :nv]`` for ``1 <= m <= MR``, ``1 <= nv <= NR``: ``a`` and
-    ``c`` are 2-D views starting at the tile's first row (and column), ``panel (K, NR)``."""
+def _tile(typingctx, a, panel, c, m, nv, add):
+    """``c[:m, :nv] (+)= a[:m] @ panel[:, :nv]`` for ``1 <= m <= MR``, ``1 <= nv <= NR``: ``a``
+    and ``c`` are 2-D views starting at the tile's first row (and column; ``a`` may have any
+    strides, ``c`` unit column stride), ``panel (K, NR)`` C-ordered; ``add`` adds the product to
+    ``c`` (one addition after the whole sum) instead of storing it. Only the vectors that hold
+    some of the ``nv`` columns are computed."""
     if not all(isinstance(x, types.Array) and x.ndim == 2 for x in (a, panel, c)):
         return None
     if not a.dtype == panel.dtype == c.dtype or a.dtype not in (types.float32, types.float64):
@@ -100,28 +108,28 @@ def _tile(typingctx, a, panel, c, m, nv):
     NV, MR = TILE
     VW = VECTOR_BYTES // (a.dtype.bitwidth // 8)
     NR = VW * NV
-    sig = types.void(a, panel, c, m, nv)
+    sig = types.void(a, panel, c, m, nv, add)
 
     def codegen(context, builder, signature, args):
-        i32, i64 = ir.IntType(32), ir.IntType(64)
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
         fl = context.get_value_type(a.dtype)
-        vt = ir.VectorType(fl, VW)
-        size = a.dtype.bitwidth // 8
+        vt, mt = ir.VectorType(fl, VW), ir.VectorType(i1, VW)
+        bits, size = a.dtype.bitwidth, a.dtype.bitwidth // 8
         A = context.make_array(a)(context, builder, args[0])
         P = context.make_array(panel)(context, builder, args[1])
         C = context.make_array(c)(context, builder, args[2])
         mv = context.cast(builder, args[3], signature.args[3], types.int64)
         nvv = context.cast(builder, args[4], signature.args[4], types.int64)
+        addv = context.cast(builder, args[5], signature.args[5], types.boolean)
         K = cgutils.unpack_tuple(builder, P.shape, 2)[0]
-        lda = builder.sdiv(cgutils.unpack_tuple(builder, A.strides, 2)[0], i64(size))
+        sa = [builder.sdiv(x, i64(size)) for x in cgutils.unpack_tuple(builder, A.strides, 2)]
         ldc = builder.sdiv(cgutils.unpack_tuple(builder, C.strides, 2)[0], i64(size))
-        fn = builder.function
-        mod = builder.module
-        mstore = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, ir.VectorType(ir.IntType(1), VW)]),
-            f"llvm.masked.store.v{VW}f{a.dtype.bitwidth}.p0")
-        vfma = cgutils.get_or_insert_function(mod, ir.FunctionType(vt, [vt, vt, vt]),
-                                              f"llvm.fma.v{VW}f{a.dtype.bitwidth}")
+        fn, mod = builder.function, builder.module
+        mstore = cgutils.get_or_insert_function(mod, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]),
+                                                f"llvm.masked.store.v{VW}f{bits}.p0")
+        mload = cgutils.get_or_insert_function(mod, ir.FunctionType(vt, [vt.as_pointer(), i32, mt, vt]),
+                                               f"llvm.masked.load.v{VW}f{bits}.p0")
+        vfma = cgutils.get_or_insert_function(mod, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{VW}f{bits}")
         zero = ir.Constant(vt, [0.0] * VW)
         splat0 = ir.Constant(ir.VectorType(i32, VW), [0] * VW)
         lane_ids = ir.Constant(ir.VectorType(i64, VW), list(range(VW)))
@@ -130,54 +138,58 @@ def _tile(typingctx, a, panel, c, m, nv):
             return builder.shuffle_vector(builder.insert_element(ir.Constant(ty, ir.Undefined), x, i32(0)),
                                           ir.Constant(ty, ir.Undefined), splat0)
 
+        # one case per (rows, vectors): the vectors needed for nv columns
+        nvec = builder.sdiv(builder.add(nvv, i64(VW - 1)), i64(VW))
+        case = builder.add(builder.mul(builder.sub(mv, i64(1)), i64(NV)), builder.sub(nvec, i64(1)))
         end = fn.append_basic_block("tile.end")
-        switch = builder.switch(mv, end)
+        switch = builder.switch(case, end)
         for mm in range(1, MR + 1):
-            head = fn.append_basic_block(f"tile.m{mm}")
-            switch.add_case(i64(mm), head)
-            builder.position_at_end(head)
-            loop = fn.append_basic_block(f"tile.m{mm}.loop")
-            done = fn.append_basic_block(f"tile.m{mm}.done")
-            builder.cbranch(builder.icmp_signed(">", K, i64(0)), loop, done)
-            builder.position_at_end(loop)
-            k = builder.phi(i64)
-            k.add_incoming(i64(0), head)
-            acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(mm)]
-            for row in acc:
-                for x in row:
-                    x.add_incoming(zero, head)
-            base = builder.mul(k, i64(NR))
-            bv = [builder.load(builder.bitcast(builder.gep(P.data, [builder.add(base, i64(v * VW))]), vt.as_pointer()),
-                               align=size) for v in range(NV)]
-            new = []
-            for r in range(mm):
-                s = builder.load(builder.gep(A.data, [builder.add(builder.mul(i64(r), lda), k)]))
-                ab = bcast(s, vt)
-                new.append([builder.call(vfma, [ab, bv[v], acc[r][v]]) for v in range(NV)])
-            k1 = builder.add(k, i64(1))
-            k.add_incoming(k1, loop)
-            for r in range(mm):
-                for v in range(NV):
-                    acc[r][v].add_incoming(new[r][v], loop)
-            builder.cbranch(builder.icmp_signed("<", k1, K), loop, done)
-            builder.position_at_end(done)
-            res = []
-            for r in range(mm):
-                row = []
-                for v in range(NV):
-                    x = builder.phi(vt)
-                    x.add_incoming(zero, head)
-                    x.add_incoming(new[r][v], loop)
-                    row.append(x)
-                res.append(row)
-            for r in range(mm):
-                rowp = builder.gep(C.data, [builder.mul(i64(r), ldc)])
-                for v in range(NV):
-                    ptr = builder.bitcast(builder.gep(rowp, [i64(v * VW)]), vt.as_pointer())
-                    left = bcast(builder.sub(nvv, i64(v * VW)), ir.VectorType(i64, VW))
-                    mask = builder.icmp_signed("<", lane_ids, left)
-                    builder.call(mstore, [res[r][v], ptr, i32(size), mask])
-            builder.branch(end)
+            for nn in range(1, NV + 1):
+                head = fn.append_basic_block(f"tile.m{mm}v{nn}")
+                switch.add_case(i64((mm - 1) * NV + nn - 1), head)
+                builder.position_at_end(head)
+                loop = fn.append_basic_block(f"tile.m{mm}v{nn}.loop")
+                done = fn.append_basic_block(f"tile.m{mm}v{nn}.done")
+                builder.cbranch(builder.icmp_signed(">", K, i64(0)), loop, done)
+                builder.position_at_end(loop)
+                k = builder.phi(i64)
+                k.add_incoming(i64(0), head)
+                acc = [[builder.phi(vt) for _ in range(nn)] for _ in range(mm)]
+                for row in acc:
+                    for x in row:
+                        x.add_incoming(zero, head)
+                base = builder.mul(k, i64(NR))
+                bv = [builder.load(builder.bitcast(builder.gep(P.data, [builder.add(base, i64(v * VW))]),
+                                                   vt.as_pointer()), align=size) for v in range(nn)]
+                kcol = builder.mul(k, sa[1])
+                new = []
+                for r in range(mm):
+                    s = builder.load(builder.gep(A.data, [builder.add(builder.mul(i64(r), sa[0]), kcol)]))
+                    ab = bcast(s, vt)
+                    new.append([builder.call(vfma, [ab, bv[v], acc[r][v]]) for v in range(nn)])
+                k1 = builder.add(k, i64(1))
+                k.add_incoming(k1, loop)
+                for r in range(mm):
+                    for v in range(nn):
+                        acc[r][v].add_incoming(new[r][v], loop)
+                builder.cbranch(builder.icmp_signed("<", k1, K), loop, done)
+                builder.position_at_end(done)
+                res = [[builder.phi(vt) for _ in range(nn)] for _ in range(mm)]
+                for r in range(mm):
+                    for v in range(nn):
+                        res[r][v].add_incoming(zero, head)
+                        res[r][v].add_incoming(new[r][v], loop)
+                for r in range(mm):
+                    rowp = builder.gep(C.data, [builder.mul(i64(r), ldc)])
+                    for v in range(nn):
+                        x = res[r][v]
+                        ptr = builder.bitcast(builder.gep(rowp, [i64(v * VW)]), vt.as_pointer())
+                        mask = builder.icmp_signed("<", lane_ids, bcast(builder.sub(nvv, i64(v * VW)),
+                                                                         ir.VectorType(i64, VW)))
+                        old = builder.call(mload, [ptr, i32(size), mask, zero])
+                        x = builder.select(addv, builder.fadd(old, x), x)
+                        builder.call(mstore, [x, ptr, i32(size), mask])
+                builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
 
@@ -186,35 +198,42 @@ def _tile(typingctx, a, panel, c, m, nv):
 
 # ------------------------------------------------------------------------------ GEMM and packing
 @njit(**_OPTS)
-def gemm(a, P, pcol, pw, c, p0, p1):
-    """``c[:, pcol[p] : pcol[p] + pw[p]] = a @ panel p`` for the panels ``p0 <= p < p1``."""
+def gemm(a, P, pcol, pw, c, p0, p1, add=False):
+    """``c[:, pcol[p] : pcol[p] + pw[p]] (+)= a @ panel p`` for the panels ``p0 <= p < p1``."""
     M = a.shape[0]
     MR = TILE[1]
     for p in range(p0, p1):
         col, w, panel = pcol[p], pw[p], P[p]
         for r in range(0, M, MR):
-            _tile(a[r:], panel, c[r:, col:], min(MR, M - r), w)
+            _tile(a[r:], panel, c[r:, col:], min(MR, M - r), w, add)
 
 
 @njit(**_OPTS)
 def pack(W, transpose, pcol, pw, P, p0, p1):
     """Fill panels ``p0 <= p < p1`` of ``P (panels, K, NR)``: ``P[p, k, l] = B[k, pcol[p] + l]``
-    for ``l < pw[p]``, zero beyond, with ``B = W^T`` (``transpose``) or ``W``."""
+    for ``l < pw[p]``, zero beyond, with ``B = W^T`` (``transpose``) or ``W``. The transposed
+    copy goes in blocks of 16 ``k``: contiguous reads of ``W``'s rows, and the 16 panel rows being
+    written stay in the L1 cache."""
     NR = P.shape[2]
     K = P.shape[1]
     for p in range(p0, p1):
         col, w = pcol[p], pw[p]
-        for k in range(K):
-            dst = P[p, k]
-            if transpose:
+        panel = P[p]
+        if transpose:
+            for k0 in range(0, K, 16):
+                k1 = min(K, k0 + 16)
                 for l in range(w):
-                    dst[l] = W[col + l, k]
-            else:
-                src = W[k]
+                    src = W[col + l]
+                    for k in range(k0, k1):
+                        panel[k, l] = src[k]
+        else:
+            for k in range(K):
+                dst, src = panel[k], W[k]
                 for l in range(w):
                     dst[l] = src[col + l]
+        for k in range(K):
             for l in range(w, NR):
-                dst[l] = 0
+                panel[k, l] = 0
 
 
 def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,3 +245,39 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
             cols.append(c)
             widths.append(min(nr, hi - c))
     return np.asarray(cols, np.int64), np.asarray(widths, np.int64)
+
+
+# ------------------------------------------------------------------------------ whole matrices
+@njit(**_OPTS)
+def _rows(a, P, pcol, pw, c, r0, r1, add):
+    """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel."""
+    gemm(a[r0:r1], P, pcol, pw, c[r0:r1], 0, P.shape[0], add)
+
+
+@functools.lru_cache(maxsize=256)
+def _whole(N: int, nr: int) -> tuple[np.ndarray, np.ndarray]:
+    return panels([(0, N)], nr)
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, team: int = 1) -> np.ndarray:
+    """``out = a @ b`` (``add``: ``out += a @ b``, one addition per element after its sum) by the
+    packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
+    strides, ``b (K, N)`` C-ordered or the transpose of a C-ordered array, ``out (M, N)`` with
+    unit column stride; one float dtype. Each element gets the same bits whatever ``team``."""
+    M, K = a.shape
+    N = b.shape[1]
+    if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
+        raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
+    nr = panel_width(a.dtype)
+    pcol, pw = _whole(N, nr)
+    P = workspace.empty((len(pcol), K, nr), a.dtype)
+    if b.T.flags.c_contiguous and not b.flags.c_contiguous:
+        pack(b.T, True, pcol, pw, P, 0, len(pcol))
+    else:
+        pack(np.ascontiguousarray(b), False, pcol, pw, P, 0, len(pcol))
+    MR = TILE[1]
+    n = max(1, min(team, M // (4 * MR)))  # at least a few tiles of rows per member
+    cut = [min(M, round(M * j / n / MR) * MR) for j in range(n)] + [M]
+    sync = spin.new_sync(n)
+    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add) for j in range(n)], sync)
+    return out

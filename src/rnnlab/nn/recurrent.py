@@ -293,7 +293,7 @@ class _Recurrent(Module):
             proj = xp.ascontiguousarray(w_t) if inp.table is None else xp.matmul(inp.table, w_t)  # (V, G*H)
             gather_rows(proj, inp.flat, out2)  # ids checked in forward
             return out
-        xp.matmul(inp.reshape(T * B, I), p["W_xh"].T, out=out2)
+        cells.matmul(xp, inp.reshape(T * B, I), p["W_xh"].T, out2)
         return out
 
     def _gate_buffer(self, xp, inp, p, reverse):
@@ -458,19 +458,14 @@ class _Ids:
 
 
 def _gemm_into(xp, a, b, out, overwrite):
-    """``out = a @ b`` when ``overwrite``, else ``out += a @ b`` (through a pooled temporary)."""
-    if overwrite:
-        xp.matmul(a, b, out=out)
-    else:
-        _gemm_add(xp, a, b, out)
+    """``out = a @ b`` when ``overwrite``, else ``out += a @ b`` (:func:`cells.matmul`)."""
+    cells.matmul(xp, a, b, out, add=not overwrite)
 
 
 def _gemm_add(xp, a, b, out):
-    """``out += a @ b``: the GEMM into a pooled temporary, then one add (NumPy exposes no
-    ``beta = 1``)."""
-    tmp = _ws(xp, (a.shape[0], b.shape[1]), out.dtype)
-    xp.matmul(a, b, out=tmp)
-    out += tmp
+    """``out += a @ b`` (:func:`cells.matmul`: the packed kernel when the loop settings say so,
+    else NumPy's GEMM into a pooled temporary and one add)."""
+    cells.matmul(xp, a, b, out, add=True)
 
 
 class RNN(_Recurrent):

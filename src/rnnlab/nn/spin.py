@@ -27,8 +27,9 @@ from numba.extending import intrinsic
 STRIDE = 16
 """Slots between two members' counters: 128 bytes, so no two share a cache line (or a pair)."""
 
-SPINS = 1 << 16
-"""Reads with a ``pause`` before a waiting member starts yielding its core (a few milliseconds)."""
+SPINS = 1 << 12
+"""Reads with a ``pause`` before a waiting member starts yielding its core (tens of microseconds,
+longer than a member normally waits for another on an idle machine)."""
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 

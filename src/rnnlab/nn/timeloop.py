@@ -332,19 +332,27 @@ class Loops:
         if gemm == "blas":
             fn(self.blas, (0, H, _LONE, 0, 1), *args)
             return
-        nr = packed.panel_width(self.dtype)
-        bounds = team_mod.unit_bounds(H, team, packed.lanes(self.dtype))
-        segs, ranges = [], []
-        for j0, j1 in zip(bounds[:-1], bounds[1:]):
-            first = len(packed.panels(segs, nr)[0])
-            segs += [(g * H + j0, g * H + j1) for g in range(GH // H)] if forward else [(j0, j1)]
-            ranges.append((first, len(packed.panels(segs, nr)[0])))
-        pcol, pw = packed.panels(segs, nr)
-        P = workspace.empty((len(pcol), H if forward else GH, nr), self.dtype)
-        n = len(ranges)
-        sync = spin.new_sync(n)
-        team_mod.run(fn, [((P, pcol, pw, p0, p1), (j0, j1, sync, me, n), *args)
-                          for me, ((p0, p1), j0, j1) in enumerate(zip(ranges, bounds[:-1], bounds[1:]))], sync)
+        pcol, pw, members = _layout(GH, H, team, forward, self.dtype)
+        P = workspace.empty((len(pcol), H if forward else GH, packed.panel_width(self.dtype)), self.dtype)
+        sync = spin.new_sync(len(members))
+        team_mod.run(fn, [((P, pcol, pw, p0, p1), (j0, j1, sync, me, len(members)), *args)
+                          for me, (p0, p1, j0, j1) in enumerate(members)], sync)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(GH: int, H: int, team: int, forward: bool, dtype) -> tuple:
+    """``(pcol, pw, members)``: the packed panels of a team's product and, per member, ``(p0, p1,
+    j0, j1)``, its panels and hidden units. Forward (``W^T``, ``G H`` columns) a member's panels
+    cover the gate columns ``g H + j`` of its units; backward (``W``, ``H`` columns) its units."""
+    nr = packed.panel_width(dtype)
+    bounds = team_mod.unit_bounds(H, team, packed.lanes(dtype))
+    segs, members = [], []
+    for j0, j1 in zip(bounds[:-1], bounds[1:]):
+        p0 = len(packed.panels(segs, nr)[0])
+        segs += [(g * H + j0, g * H + j1) for g in range(GH // H)] if forward else [(j0, j1)]
+        members.append((p0, len(packed.panels(segs, nr)[0]), j0, j1))
+    pcol, pw = packed.panels(segs, nr)
+    return pcol, pw, tuple(members)
 
 
 _LOOPS: dict = {}
