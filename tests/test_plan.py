@@ -84,14 +84,15 @@ def test_candidates_follow_what_can_run(monkeypatch):
     lstm = _model("lstm")
     mlp = build_model({"model": "mlp", "context": 3, "embed": 4, "hidden": 8, "layers": 1, "vocab_size": V})
     assert planner.candidates(mlp, 64, 2) == [Plan("blas", 2)]  # the BLAS threads a window model itself
-    one = [p.kind for p in planner.candidates(lstm, 64, 1)]
-    two = [p.kind for p in planner.candidates(lstm, 64, 2)]
-    few_rows = [p.kind for p in planner.candidates(lstm, 15, 2)]  # fewer than 8 rows per shard
+    def kinds(batch, n):
+        return [(p.kind, p.threads) for p in planner.candidates(lstm, batch, n)]
+
     if cells.numba_enabled():
-        assert one == ["blas", "packed"] and two == ["blas", "packed", "split", "split-packed"]
-        assert few_rows == ["blas", "packed"]
+        assert kinds(64, 1) == [("blas", 1), ("packed", 1)]
+        assert kinds(64, 2) == [("blas", 2), ("packed", 1), ("packed", 2), ("split", 2), ("split-packed", 2)]
+        assert kinds(15, 2) == [("blas", 2), ("packed", 1), ("packed", 2)]  # fewer than 8 rows per shard
     monkeypatch.setenv("RNNLAB_NO_NUMBA", "1")
-    assert [p.kind for p in planner.candidates(lstm, 64, 2)] == ["blas", "split"]
+    assert kinds(64, 2) == [("blas", 2), ("split", 2)]
 
 
 def test_choose_times_the_candidates_and_keeps_the_fastest(monkeypatch):
@@ -103,7 +104,7 @@ def test_choose_times_the_candidates_and_keeps_the_fastest(monkeypatch):
 
     def measure(m, plans, batch, seq_len, **kw):
         seen.append((batch, seq_len, [p.kind for p in plans]))
-        return {p: fake[p.kind] for p in plans}
+        return {p: fake[p.kind] / p.threads for p in plans}
 
     monkeypatch.setattr(planner, "measure", measure)
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
@@ -162,8 +163,8 @@ def test_a_resumed_run_keeps_its_plan_and_its_bits(kind, tmp_path, monkeypatch, 
     _train(main, text, tmp_path / "straight", "--threads", "2", "--plan", kind, "--max-steps", "6")
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))  # nothing remembered from other tests
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
-    monkeypatch.setattr(planner, "measure", lambda m, plans, *a, **k: {p: 0.0 if p.kind == kind else 1.0
-                                                                        for p in plans})
+    monkeypatch.setattr(planner, "measure", lambda m, plans, *a, **k: {
+        p: 0.0 if (p.kind, p.threads) == (kind, 2) else 1.0 for p in plans})
     _train(main, text, tmp_path / "resumed", "--max-steps", "3")  # auto: the fake timings pick `kind`
     first = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")[1]
     assert first["plan"] == {"kind": kind, "threads": 2} and first["step"] == 3

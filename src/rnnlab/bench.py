@@ -187,7 +187,7 @@ def make_trainer_step(seed: int = 0, plan=None):
 
 
 def choose_plan(cell: str, layers: int, B: int, T: int, H: int, E: int, threads: int):
-    """``(plan, {kind: seconds})``: what ``rnnlab train --threads threads`` picks for this model
+    """``(plan, {plan: seconds})``: what ``rnnlab train --threads threads`` picks for this model
     and the planner's own timings (:func:`rnnlab.lm.plan.fastest`, on a fresh model)."""
     import numpy as np
 
@@ -195,8 +195,7 @@ def choose_plan(cell: str, layers: int, B: int, T: int, H: int, E: int, threads:
     from .models.recurrent_lm import RecurrentLM
 
     model = RecurrentLM(V, cell, H, layers, E, rng=np.random.default_rng(0))
-    plan, timed = fastest(model, B, T, threads)
-    return plan, {p.kind: t for p, t in timed.items()}
+    return fastest(model, B, T, threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,10 +281,11 @@ def child_time(spec: dict) -> dict:
             # the plan `rnnlab train --threads N` picks (its own short measurement), then every
             # candidate timed against torch in alternating blocks
             chosen, planner = choose_plan(cell, layers, B, T, H, E, threads)
-            kinds = list(planner) or [chosen.kind]
+            plans = list(planner) or [chosen]
+            kinds = [p.label for p in plans]
             sides = {"torch": make_torch_step(cell, layers, B, T, H, E)}
-            for kind in kinds:
-                sides[kind] = make_rnnlab_step(cell, layers, B, T, H, E, plan=Plan(kind, threads))
+            for p in plans:
+                sides[p.label] = make_rnnlab_step(cell, layers, B, T, H, E, plan=p)
             for _ in range(spec["warmup"]):
                 for name, step in sides.items():
                     _block(step, 0, 1, step.plan.blas_threads if name != "torch" else None)
@@ -295,12 +295,12 @@ def child_time(spec: dict) -> dict:
                 for name, step in sides.items():
                     times[name] += _block(step, k, threads, step.plan.blas_threads if name != "torch" else None)
             med = {name: statistics.median(ts) for name, ts in times.items()}
-            res = dict(row, plan=chosen.kind, planner=planner, torch_s=med["torch"], rnnlab_s=med[chosen.kind],
-                       plans={k: med[k] for k in kinds}, all=times)
+            res = dict(row, plan=chosen.label, planner={p.label: t for p, t in planner.items()}, torch_s=med["torch"],
+                       rnnlab_s=med[chosen.label], plans={k: med[k] for k in kinds}, all=times)
             del sides
             out["rows"].append(res)
             print(f"  {cell:4s} L{layers} {cfg} {threads}t: torch {med['torch'] * 1e3:8.2f} ms | "
-                  + "  ".join(f"{k}{'*' if k == chosen.kind else ''} {med[k] * 1e3:.2f}" for k in kinds)
+                  + "  ".join(f"{k}{'*' if k == chosen.label else ''} {med[k] * 1e3:.2f}" for k in kinds)
                   + f" ms | x{med['torch'] / res['rnnlab_s']:.2f}", file=sys.stderr, flush=True)
         if spec.get("trainer"):
             c = TRAINER
@@ -308,8 +308,8 @@ def child_time(spec: dict) -> dict:
             step = make_trainer_step(plan=chosen)
             _block(step, spec["warmup"], 1, chosen.blas_threads)
             times = _block(step, spec["steps"], threads, chosen.blas_threads)
-            out["trainer"] = {"s": statistics.median(times), "chars": c["B"] * c["T"], "plan": chosen.kind}
-            print(f"  trainer form {threads}t ({chosen.kind}): {out['trainer']['s'] * 1e3:.2f} ms", file=sys.stderr,
+            out["trainer"] = {"s": statistics.median(times), "chars": c["B"] * c["T"], "plan": chosen.label}
+            print(f"  trainer form {threads}t ({chosen.label}): {out['trainer']['s'] * 1e3:.2f} ms", file=sys.stderr,
                   flush=True)
     # The peak again after the rows: on a shared machine the better of the two is the closer
     # estimate of what the hardware gives.
@@ -351,7 +351,8 @@ def child_memory(spec: dict) -> dict:
         from .nn import cells
 
         cells.numba_enabled()  # import numba and the kernels before the baseline, like torch
-        plan = Plan(spec.get("plan", "blas"), spec.get("threads", 1))
+        kind, _, n = spec.get("plan", "blas@1").partition("@")
+        plan = Plan(kind, int(n or 1))
 
         def make(*a):
             return make_rnnlab_step(*a, plan=plan)
@@ -450,8 +451,8 @@ def _fmt_rate(x: float) -> str:
     return f"{x / 1e3:,.0f}k" if x >= 1e4 else f"{x:,.0f}"
 
 
-ENV_LABELS = {"unset": "AVX-512 where the CPU has it: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, numba and torch "
-                      "on their own choice",
+ENV_LABELS = {"unset": "Each library's own choice (AVX-512 where the CPU has it): OPENBLAS_CORETYPE and "
+                      "OPENBLAS_L2_SIZE unset, numba and torch as installed",
               "forced": "AVX2 forced: " + ", ".join(f"{k}={v}" for k, v in FORCED_AVX2.items())}
 PLAN_SLACK = 1.05
 """The chosen plan may be at most this much slower than the fastest candidate in a row."""
@@ -543,14 +544,25 @@ def _plan_table(res: dict, key: str) -> list[str]:
         return []
     from .lm.plan import KINDS
 
-    kinds = [k for k in KINDS if any(k in r["plans"] for r in rows)]
-    lines = ["Every candidate plan, chars/s (* the chosen one; the planner's own per-step timings, forward + "
-             "backward, in the JSON):", "",
-             "| cell | L | cfg | thr | " + " | ".join(kinds) + " |", "|" + "|".join(["---"] * (4 + len(kinds))) + "|"]
+    def column(label, thr):
+        kind, _, n = label.partition("@")
+        return kind if int(n) == thr else f"{kind} on {n}"
+
+    cols = []
+    for k in KINDS:
+        for r in rows:
+            for label in r["plans"]:
+                c = column(label, r["threads"])
+                if c.split(" ")[0] == k and c not in cols:
+                    cols.append(c)
+    lines = ["Every candidate plan, chars/s (kind on the row's threads unless said; * the chosen one; the planner's "
+             "own timings of forward + backward are in the JSON):", "",
+             "| cell | L | cfg | thr | " + " | ".join(cols) + " |", "|" + "|".join(["---"] * (4 + len(cols))) + "|"]
     for r in rows:
         B, T = CONFIGS[r["config"]][:2]
-        cells = [f"{_fmt_rate(B * T / r['plans'][k])}{'*' if k == r['plan'] else ''}" if k in r["plans"] else "-"
-                 for k in kinds]
+        got = {column(label, r["threads"]): (label, s) for label, s in r["plans"].items()}
+        cells = [f"{_fmt_rate(B * T / got[c][1])}{'*' if got[c][0] == r['plan'] else ''}" if c in got else "-"
+                 for c in cols]
         lines.append(f"| {r['cell']} | {r['layers']} | {r['config']} | {r['threads']} | " + " | ".join(cells) + " |")
     return lines + [""]
 

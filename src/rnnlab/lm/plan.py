@@ -98,6 +98,11 @@ class Plan:
     def describe(self) -> str:
         return f"{self.kind} on {self.threads} thread{'' if self.threads == 1 else 's'}"
 
+    @property
+    def label(self) -> str:
+        """Short name: ``kind@threads``."""
+        return f"{self.kind}@{self.threads}"
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "threads": self.threads}
 
@@ -110,15 +115,19 @@ class Plan:
 
 
 def candidates(model, batch: int, threads: int) -> list[Plan]:
-    """The plans that can run ``model`` on ``threads`` threads with ``batch`` rows here."""
+    """The plans that can run ``model`` on ``threads`` threads with ``batch`` rows here (and the
+    packed plan on one thread: a model so small that a team's barrier at every time step costs
+    more than the second thread gives is faster on one)."""
     recurrent = getattr(model, "cell", None) in ("rnn", "lstm", "gru")
     if not recurrent or backend.xp is not np:
         return [Plan("blas", threads)]
     numba = cells.numba_enabled()
-    kinds = ["blas"] + (["packed"] if numba else [])
+    plans = [Plan("blas", threads)]
+    if numba:  # a step too small for a team runs faster on one thread than split at every step
+        plans += [Plan("packed", 1)] + ([Plan("packed", threads)] if threads > 1 else [])
     if threads > 1 and batch >= threads * MIN_ROWS:
-        kinds += ["split"] + (["split-packed"] if numba else [])
-    return [Plan(k, threads) for k in kinds]
+        plans += [Plan("split", threads)] + ([Plan("split-packed", threads)] if numba else [])
+    return plans
 
 
 def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3, keep: float = 1.25,
@@ -221,7 +230,7 @@ def _cache_read() -> dict:
 
 def _cache_write(key: str, plan: Plan, timed: dict) -> None:
     data = _cache_read()
-    data[key] = {**plan.to_dict(), "timings_ms": {p.kind: round(t * 1e3, 3) for p, t in timed.items()},
+    data[key] = {**plan.to_dict(), "timings_ms": {p.label: round(t * 1e3, 3) for p, t in timed.items()},
                  "date": time.strftime("%Y-%m-%d %H:%M")}
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
@@ -269,5 +278,5 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
     _cache_write(key, chosen, timed)
     if log:
         log(f"plan: {chosen.describe()}, the fastest of " + ", ".join(
-            f"{p.kind} {timed[p] * 1e3:.1f} ms" for p in sorted(timed, key=timed.get)) + " per step (forward + backward)")
+            f"{p.label} {timed[p] * 1e3:.1f} ms" for p in sorted(timed, key=timed.get)) + " per step (forward + backward)")
     return chosen
