@@ -10,9 +10,11 @@ loads with acquire order, a ``pause`` hint between reads) until each shows ``s``
     sync[q * STRIDE]          steps finished by member q (its own cache line)
     sync[team * STRIDE]       abort flag: a member that failed sets it, the others stop waiting
 
-After :data:`SPINS` reads a waiting member calls ``sched_yield`` between reads, so that a team on
-a machine busier than it has cores still makes progress (slowly) instead of starving the member
-it waits for.
+A waiting member calls ``sched_yield`` every 256 reads (:data:`YIELD_EVERY`) and after
+:data:`SPINS` reads at every read, so that a team on a machine busier than it has cores (two
+members the scheduler put on one core) still makes progress instead of spinning through the time
+slice of the member it waits for. A team wants its cores to itself: on a busy machine the
+planner (:mod:`rnnlab.lm.plan`) measures it slower and picks another plan.
 """
 from __future__ import annotations
 
@@ -28,8 +30,11 @@ STRIDE = 16
 """Slots between two members' counters: 128 bytes, so no two share a cache line (or a pair)."""
 
 SPINS = 1 << 12
-"""Reads with a ``pause`` before a waiting member starts yielding its core (tens of microseconds,
-longer than a member normally waits for another on an idle machine)."""
+"""Reads with a ``pause`` before a waiting member yields its core at every read (tens of
+microseconds, longer than a member normally waits for another on an idle machine)."""
+
+YIELD_EVERY = (1 << 8) - 1
+"""Before that, a yield every 256 reads (a mask: ``n & YIELD_EVERY == YIELD_EVERY``)."""
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 
@@ -107,7 +112,7 @@ def arrive_and_wait(sync, me, team, step):
         while peek(sync, q * STRIDE) < step:
             if peek(sync, team * STRIDE) != 0:
                 return False
-            relax(n >= SPINS)
+            relax(n >= SPINS or (n & YIELD_EVERY) == YIELD_EVERY)
             n += 1
     return True
 

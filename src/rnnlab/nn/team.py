@@ -13,30 +13,102 @@ units::
 
 The per-step products use the packed micro-kernel (:mod:`rnnlab.nn.packed`), which sums every
 element in the same order whichever member computes it, so a team gives the same bits as one
-thread with the packed engine. Member 0 is the calling thread; the others come from a pool of
-daemon threads kept for the process. The compiled loops hold no GIL, so the members run at the
-same time.
+thread with the packed engine.
+
+:func:`run` starts a team: member 0 is the calling thread, the others are helper threads kept for
+the process. A helper that has finished its part spins for a short while (:data:`IDLE_SPINS`)
+waiting for the next one before it sleeps, so the many short parts of a training step (every
+layer and direction, forward and backward, and the whole-sequence products) are handed over in
+microseconds rather than through a thread wake-up each.
 """
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit
 
 from . import spin
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-MAX_HELPERS = 64
-"""Threads the pool may grow to (all teams of the process together: shards may run teams)."""
+IDLE_SPINS = 1 << 13
+"""Reads a helper makes (a ``pause`` between two) waiting for its next part before it sleeps:
+about a hundred microseconds, which spans the gaps inside a training step but not between steps."""
+
+WAIT_SPINS = 1 << 14
+"""Reads the caller makes waiting for the helpers to finish before it sleeps until they do."""
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        with _POOL_LOCK:
-            if _POOL is None:
-                _POOL = ThreadPoolExecutor(MAX_HELPERS, thread_name_prefix="rnnlab-team")
-    return _POOL
+@njit(nogil=True, cache=True)
+def _wait_at_least(flags, i, value, spins):
+    """Spin until ``flags[i] >= value`` (True) or ``spins`` reads have passed (False)."""
+    n = 0
+    while spin.peek(flags, i) < value:
+        if n >= spins:
+            return False
+        spin.relax((n & spin.YIELD_EVERY) == spin.YIELD_EVERY)
+        n += 1
+    return True
+
+
+class _Helper:
+    """A thread that runs the parts handed to it: ``flags[0]`` counts the parts posted,
+    ``flags[STRIDE]`` the parts finished."""
+
+    def __init__(self) -> None:
+        self.flags = np.zeros(2 * spin.STRIDE, np.int64)
+        self.job = None
+        self.error: BaseException | None = None
+        self.wake, self.done = threading.Event(), threading.Event()
+        self.posted = 0
+        threading.Thread(target=self._loop, name="rnnlab-team", daemon=True).start()
+
+    def _loop(self) -> None:
+        seen = 0
+        while True:
+            if not _wait_at_least(self.flags, 0, seen + 1, IDLE_SPINS):
+                self.wake.wait()
+                self.wake.clear()
+                continue
+            seen += 1
+            fn, args, sync, size = self.job
+            try:
+                fn(*args)
+            except BaseException as e:  # reported to the caller; the others stop waiting for us
+                self.error = e
+                spin.abort(sync, size)
+            self.job = None
+            self.flags[spin.STRIDE] = seen
+            self.done.set()
+
+    def post(self, fn, args, sync, size) -> None:
+        self.error = None
+        self.done.clear()
+        self.job = (fn, args, sync, size)
+        self.posted += 1
+        self.flags[0] = self.posted
+        self.wake.set()
+
+    def wait(self) -> BaseException | None:
+        while not _wait_at_least(self.flags, spin.STRIDE, self.posted, WAIT_SPINS):
+            self.done.wait()
+            self.done.clear()
+        return self.error
+
+
+_IDLE: list[_Helper] = []
+_LOCK = threading.Lock()
+
+
+def _take(n: int) -> list[_Helper]:
+    """``n`` helpers no other team is using (new ones when there are not enough)."""
+    with _LOCK:
+        got = [_IDLE.pop() for _ in range(min(n, len(_IDLE)))]
+    return got + [_Helper() for _ in range(n - len(got))]
+
+
+def _give_back(helpers: list[_Helper]) -> None:
+    with _LOCK:
+        _IDLE.extend(helpers)
 
 
 def unit_bounds(H: int, team: int, quantum: int) -> list[int]:
@@ -48,31 +120,27 @@ def unit_bounds(H: int, team: int, quantum: int) -> list[int]:
 
 
 def run(fn, member_args: list[tuple], sync) -> None:
-    """``fn(*member_args[p])`` for every member ``p``: member 0 on this thread, the others on the
-    pool; returns when all have finished. A member that raises sets the abort flag in ``sync``
-    (so that the others stop waiting for it) and its exception is raised here."""
-    team = len(member_args)
-    if team == 1:
+    """``fn(*member_args[p])`` for every member ``p`` (``fn`` compiled without the GIL): member 0
+    on this thread, the others on helper threads; returns when all have finished. A member that
+    raises sets the abort flag in ``sync`` (so that the others stop waiting for it) and its
+    exception is raised here."""
+    size = len(member_args)
+    if size == 1:
         fn(*member_args[0])
         return
-
-    def member(args):
-        try:
-            fn(*args)
-        except BaseException:
-            spin.abort(sync, team)
-            raise
-
-    futures = [_pool().submit(member, args) for args in member_args[1:]]
-    error = None
+    helpers = _take(size - 1)
     try:
-        member(member_args[0])
-    except BaseException as e:  # still collect the helpers before raising
-        error = e
-    for f in futures:
+        for h, args in zip(helpers, member_args[1:]):
+            h.post(fn, args, sync, size)
+        error = None
         try:
-            f.result()
-        except BaseException as e:
-            error = error or e
+            fn(*member_args[0])
+        except BaseException as e:  # still collect the helpers before raising
+            spin.abort(sync, size)
+            error = e
+        for h in helpers:
+            error = error or h.wait()
+    finally:
+        _give_back(helpers)
     if error is not None:
         raise error
