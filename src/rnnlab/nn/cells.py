@@ -120,7 +120,7 @@ def matmul(xp, a, b, out, add: bool = False):
     by the packed kernel of :mod:`rnnlab.nn.packed`, rows split over the team, when this thread's
     loop settings (:func:`loop_settings`) say ``"packed"`` for NumPy float arrays; else
     ``xp.matmul`` (``add`` through a pooled temporary, as NumPy has no ``beta = 1``)."""
-    if xp is np and out.dtype in _FLOATS and numba_enabled():
+    if xp is np and out.dtype in _FLOATS and a.dtype == b.dtype == out.dtype and numba_enabled():
         from . import timeloop
 
         gemm, team = timeloop.current()
@@ -132,7 +132,7 @@ def matmul(xp, a, b, out, add: bool = False):
         return xp.matmul(a, b, out=out)
     from .workspace import empty
 
-    tmp = empty((a.shape[0], b.shape[1]), out.dtype, xp)
+    tmp = empty((a.shape[0], b.shape[1]), xp.result_type(a, b), xp)
     xp.matmul(a, b, out=tmp)
     out += tmp
     return out

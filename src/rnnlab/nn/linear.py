@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import RnnlabError
+from . import cells
 from . import init as initializers
 from . import workspace
 from .module import Module
@@ -98,7 +99,7 @@ class Linear(Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (N, I)
         y = workspace.empty((x2.shape[0], self.out_features), xp.result_type(x2, self.weight), xp)
-        xp.matmul(x2, self.weight.T, out=y)  # (N, O): the one GEMM
+        cells.matmul(xp, x2, self.weight.T, y)  # (N, O): the one GEMM
         if self.name_b is not None:
             y += self.bias
         return y.reshape(*lead, self.out_features), (x2, lead)  # (..., O)
@@ -108,14 +109,11 @@ class Linear(Module):
         x2, lead = cache
         xp = backend.array_module(dy)
         dy2 = dy.reshape(-1, self.out_features)  # (N, O)
-        gw = self.grads[self.name_w]
-        tmp = workspace.empty(gw.shape, xp.result_type(dy2, x2), xp)
-        xp.matmul(dy2.T, x2, out=tmp)  # (O, N) @ (N, I) -> (O, I)
-        gw += tmp
+        cells.matmul(xp, dy2.T, x2, self.grads[self.name_w], add=True)  # (O, N) @ (N, I) -> (O, I)
         if self.name_b is not None:
             self.grads[self.name_b] += dy2.sum(axis=0)  # (O,)
         dx = workspace.empty((dy2.shape[0], self.in_features), xp.result_type(dy2, self.weight), xp)
-        xp.matmul(dy2, self.weight, out=dx)  # (N, O) @ (O, I) -> (N, I)
+        cells.matmul(xp, dy2, self.weight, dx)  # (N, O) @ (O, I) -> (N, I)
         return dx.reshape(*lead, self.in_features)  # (..., I)
 
     def extra_repr(self) -> str:
