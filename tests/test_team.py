@@ -75,6 +75,44 @@ def test_each_element_has_the_same_bits_whatever_the_panels_and_rows():
     np.testing.assert_array_equal(whole, rows)
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
+    """``packed.matmul``: ``out (+)= a @ b`` for a row-major or transposed ``a`` (packed into row
+    blocks first) and ``b`` given either way; a team of 2 or 3 gives the bits of one thread."""
+    rng = np.random.default_rng(5)
+    M, K, N = 77, 600, 70  # K over one k-block (packed.KC), rows and columns over whole tiles
+    a = rng.standard_normal((K, M)).astype(np.float32).T if transposed else \
+        rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K)).astype(np.float32).T  # the transpose of a C-ordered array
+    base = rng.standard_normal((M, N)).astype(np.float32)
+    one = packed.matmul(a, b, np.empty((M, N), np.float32))
+    np.testing.assert_allclose(one, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-4, atol=1e-4)
+    added = packed.matmul(a, np.ascontiguousarray(b), base.copy(), add=True)
+    np.testing.assert_allclose(added, base + one, rtol=1e-5, atol=1e-4)
+    for size in (2, 3):
+        np.testing.assert_array_equal(packed.matmul(a, b, np.empty((M, N), np.float32), team=size), one)
+        np.testing.assert_array_equal(packed.matmul(a, b, base.copy(), add=True, team=size), added)
+    with pytest.raises(ValueError, match="packed.matmul"):
+        packed.matmul(a, b[:-1], np.empty((M, N), np.float32))
+
+
+def test_the_layers_products_follow_the_loop_settings(monkeypatch):
+    """``cells.matmul`` runs the packed kernel under packed settings and NumPy's GEMM otherwise
+    (mixed dtypes always NumPy's)."""
+    calls = []
+    real = packed.matmul
+    monkeypatch.setattr(packed, "matmul", lambda *a, **k: calls.append(a[4] if len(a) > 4 else 1) or real(*a, **k))
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((9, 5)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+    out = np.empty((9, 4), np.float32)
+    cells.matmul(np, a, b, out)
+    assert calls == []
+    with timeloop.settings("packed", 2):
+        cells.matmul(np, a, b, out, add=True)
+        cells.matmul(np, a.astype(np.float64), b, np.empty((9, 4)))
+    assert calls == [2]
+
+
 @pytest.mark.parametrize("H, n, q", [(128, 2, 16), (40, 2, 16), (40, 3, 16), (5, 4, 8), (1, 2, 8), (100, 3, 8)])
 def test_unit_bounds_cover_every_unit_once(H, n, q):
     b = team.unit_bounds(H, n, q)

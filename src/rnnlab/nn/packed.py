@@ -298,8 +298,8 @@ def _whole(N: int, nr: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, team: int = 1) -> np.ndarray:
-    """``out = a @ b`` (``add``: ``out += a @ b``, one addition per element after its sum) by the
-    packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
+    """``out = a @ b`` (``add``: ``out += a @ b``; each block of :data:`KC` ``k`` is summed, then
+    added to ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
     strides, ``b (K, N)`` C-ordered or the transpose of a C-ordered array, ``out (M, N)`` with
     unit column stride; one float dtype. Each element gets the same bits whatever ``team``."""
     M, K = a.shape
