@@ -258,38 +258,9 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ whole matrices
 @njit(**_OPTS)
-def pack_rows(a, A):
-    """``A[b, k, i] = a[b MR + i, k]`` (zero beyond the last row): ``a (M, K)``'s rows in blocks
-    of ``MR``, each block ``k``-major, so that a tile reads its ``MR`` values of one ``k`` from
-    one place. For an ``a`` whose rows are not contiguous (a transposed view): every column of
-    ``a`` is then read once, in order."""
-    M, K = a.shape
-    MR = A.shape[2]
-    for k in range(K):
-        src = a[:, k]
-        for b in range(A.shape[0]):
-            dst = A[b, k]
-            for i in range(MR):
-                r = b * MR + i
-                dst[i] = src[r] if r < M else 0
-
-
-@njit(**_OPTS)
-def _rows(a, A, P, pcol, pw, c, b0, b1, add):
-    """Rows ``b0 MR .. b1 MR`` of ``c (+)= a @ B`` over every panel: ``a`` row-major, or ``A``
-    its rows packed by :func:`pack_rows` (then ``a`` is not read)."""
-    M, K = c.shape[0], P.shape[1]
-    MR = TILE[1]
-    if A is None:
-        gemm(a[b0 * MR : min(M, b1 * MR)], P, pcol, pw, c[b0 * MR : min(M, b1 * MR)], 0, P.shape[0], add)
-        return
-    for k0 in range(0, max(K, 1), KC):
-        k1 = min(K, k0 + KC)
-        for p in range(P.shape[0]):
-            col, w, panel = pcol[p], pw[p], P[p, k0:k1]
-            for b in range(b0, b1):
-                r = b * MR
-                _tile(A[b, k0:k1].T, panel, c[r:, col:], min(MR, M - r), w, add or k0 > 0)
+def _rows(a, P, pcol, pw, c, r0, r1, add):
+    """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel."""
+    gemm(a[r0:r1], P, pcol, pw, c[r0:r1], 0, P.shape[0], add)
 
 
 @functools.lru_cache(maxsize=256)
@@ -315,12 +286,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
         pack(np.ascontiguousarray(b), False, pcol, pw, P, 0, len(pcol))
     MR = TILE[1]
     blocks = -(-M // MR)
-    A = None
-    if a.strides[1] != a.itemsize and M > 0 and K > 0:  # rows not contiguous: pack them in blocks
-        A = workspace.empty((blocks, K, MR), a.dtype)
-        pack_rows(a, A)
     n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
-    cut = [round(blocks * j / n) for j in range(n + 1)]
+    cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
-    team_mod.run(_rows, [(a, A, P, pcol, pw, out, cut[j], cut[j + 1], add) for j in range(n)], sync)
+    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add) for j in range(n)], sync)
     return out
