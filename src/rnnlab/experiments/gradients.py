@@ -198,7 +198,7 @@ def run(out_dir, quick: bool = False, seeds: int = 3, **overrides) -> Result:
     rep.add_table("profiles", Table(long_rows, in_md=False))
     rep.notes += [
         "gamma < 1: the gradient shrinks geometrically with distance (vanishing); gamma > 1: it grows (exploding).",
-        f"Adding problem baseline MSE (predict 0.5): {syn.ADDING_BASELINE_MSE:.4f}. 'trained': {cfg.train_steps} Adam steps (lr {cfg.lr:g}, clipping 1.0).",
+        f"Adding problem (standard form) baseline MSE (predict 1.0): {syn.ADDING_BASELINE_MSE:.4f}. 'trained': {cfg.train_steps} Adam steps (lr {cfg.lr:g}, clipping 1.0).",
     ]
     fig, axes = new_figure(2, 2, size=(5.0, 3.4))
     d = np.arange(T)

@@ -106,8 +106,13 @@ class Trainer:
     """Train ``cfg.model`` on ``corpus`` in the run directory ``run`` (already created and locked)."""
 
     def __init__(self, cfg: TrainConfig, corpus: Corpus, run: RunDir, *, progress: bool = True,
-                 log=print) -> None:
+                 log=print, on_eval=None) -> None:
+        """``on_eval(record) -> bool``, if given, sees every validation record (what goes into
+        ``metrics.jsonl``) after its checkpoint is written; True ends training there (an early
+        stop, e.g. by a sweep's scheduler: not an interruption)."""
         self.cfg, self.corpus, self.run, self.progress, self.log = cfg, corpus, run, progress, log
+        self.on_eval = on_eval
+        self._stop_asked = False
         self.rng = np.random.default_rng(cfg.seed)
         self.model = build_model(cfg.model_config(corpus.vocab.size), rng=self.rng)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.params, self.model.grads, lr=cfg.lr,
@@ -286,6 +291,8 @@ class Trainer:
                     if stop.flag:
                         interrupted = True
                         break
+                    if self._stop_asked:
+                        break
                     if cfg.max_time and time.perf_counter() - run_start >= cfg.max_time:
                         break
                     t0 = time.perf_counter()
@@ -363,8 +370,10 @@ class Trainer:
         if improved or (not math.isfinite(val) and not self.run.checkpoint_path("best").exists()):
             self.save("best")
         self.save("last")
-        append_jsonl(self.run.metrics, {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                        for k, v in record.items()})
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        append_jsonl(self.run.metrics, record)
+        if self.on_eval is not None and self.on_eval(dict(record)):
+            self._stop_asked = True
         try:
             from .plot import plot_losses
 
