@@ -27,7 +27,8 @@ def find_browser() -> tuple[str, str] | str:
         return 'selenium is not installed: pip install ".[test]"'
     browser = os.environ.get("RNNLAB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     driver = os.environ.get("RNNLAB_CHROMEDRIVER") or shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if not path]
+    missing = [name for name, path in (("chromium", browser), ("chromedriver", driver))
+               if not path or not os.access(path, os.X_OK)]
     if missing:
         return f"{' and '.join(missing)} not found: install Debian's packages ({INSTALL})"
     return browser, driver

@@ -70,6 +70,11 @@ def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
 
 
+def _short(a) -> list[float]:
+    """Floats to 6 significant digits (the JSON stays short; a unit's range keeps its precision)."""
+    return [float(f"{v:.6g}") for v in np.asarray(a).tolist()]
+
+
 def _u16_loss(x: np.ndarray) -> np.ndarray:
     """Nats -> uint16 millinats (clipped at 65.534 nats), NaN -> :data:`NONE_U16`."""
     q = np.where(np.isfinite(x), np.clip(np.round(np.nan_to_num(x) * 1000.0), 0, NONE_U16 - 1), NONE_U16)
@@ -273,8 +278,7 @@ def build(model, vocab, text: str, *, lines: bool = False, chars: int = 4000, wa
     for (k, q), units in sorted(keep.items(), key=lambda kv: (kv[0][0], QUANTITIES[cell].index(kv[0][1]))):
         units = sorted(units)
         qa, lo, hi = quantise(tr.acts[(k, q)][:, units])
-        groups.append({"layer": k, "q": q, "units": units, "lo": np.round(lo, 5).tolist(),
-                       "hi": np.round(hi, 5).tolist(), "data": _b64(qa)})
+        groups.append({"layer": k, "q": q, "units": units, "lo": _short(lo), "hi": _short(hi), "data": _b64(qa)})
     stored = sum(len(g["units"]) for g in groups)
     n_all = model.layers * model.hidden * len(QUANTITIES[cell])
     big = vocab.size > 65535

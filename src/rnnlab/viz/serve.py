@@ -15,8 +15,9 @@ Every request is bounded (:class:`Limits`): the prime, the sample length, the pa
 request body have maxima, and at most ``max_generations`` samples and ``max_reports`` reports run
 at once (more get 429). A bad request gets a 4xx with ``{"error": one line}``; an unexpected
 failure a 500 with one line, never a traceback. The model runs in worker threads, so the event
-loop keeps serving while it computes. Ctrl-C (or SIGTERM) stops the server: open streams get
-``GRACE_S`` seconds to finish, then the process exits.
+loop keeps serving while it computes. Ctrl-C (or SIGTERM) stops the server: open streams end after
+their current character (with a "failed" event saying so), connections get ``GRACE_S`` seconds to
+close, then the process exits with status 0.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import math
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -96,9 +98,11 @@ def _sse(data: dict, event: str | None = None) -> bytes:
     return (head + "data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n\n").encode("utf-8")
 
 
-def create_app(explorer, limits: Limits | None = None):
-    """The Starlette application over ``explorer`` (an :class:`~rnnlab.viz.explore.Explorer`)."""
+def create_app(explorer, limits: Limits | None = None, stopping: threading.Event | None = None):
+    """The Starlette application over ``explorer`` (an :class:`~rnnlab.viz.explore.Explorer`);
+    streams end early once ``stopping`` is set (the server is shutting down)."""
     _require()
+    stopping = stopping or threading.Event()
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -150,6 +154,8 @@ def create_app(explorer, limits: Limits | None = None):
         top_k = _param(q, "top_k", int, 0, 0, explorer.vocab.size)
         seed = _param(q, "seed", int, None, 0, 2**63 - 1)
         cps = _param(q, "cps", float, 0.0, 0.0, 10_000.0)  # characters per second, 0 = as fast as computed
+        if 0 < cps < 1:
+            raise _BadRequest(f"cps (characters per second) must be 0 (no pacing) or at least 1, got {cps}")
         if not prime and not explorer.lines:
             raise _BadRequest("the prime is empty: type a few characters for the model to continue")
         explorer.vocab.encode(prime, what="the prime")  # unknown characters: a 400 now, not an event later
@@ -167,7 +173,7 @@ def create_app(explorer, limits: Limits | None = None):
             n, t0 = 0, time.perf_counter()
             try:
                 yield _sse({"layers": model.layers, "hidden": model.hidden, "length": length}, "meta")
-                while True:
+                while not stopping.is_set():
                     item = await run_in_threadpool(step)
                     if item is None:
                         break
@@ -176,7 +182,10 @@ def create_app(explorer, limits: Limits | None = None):
                                 "top": [[tok, round(p, 4)] for tok, p in item["top"]]})
                     if cps > 0 and not item["prime"]:
                         await asyncio.sleep(1.0 / cps)
-                yield _sse({"chars": n, "seconds": round(time.perf_counter() - t0, 3)}, "done")
+                if stopping.is_set():
+                    yield _sse({"error": "the server is shutting down"}, "failed")
+                else:
+                    yield _sse({"chars": n, "seconds": round(time.perf_counter() - t0, 3)}, "done")
             except RnnlabError as exc:  # e.g. a diverged model's NaN scores
                 yield _sse({"error": " ".join(str(exc).split())}, "failed")
             finally:
@@ -271,13 +280,20 @@ def run(explorer, host: str = "127.0.0.1", port: int = 8000, limits: Limits | No
     _require()
     import uvicorn
 
-    app = create_app(explorer, limits)
+    stopping = threading.Event()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # Ctrl-C / SIGTERM: open streams end now, not at the grace limit
+            stopping.set()
+            super().handle_exit(sig, frame)
+
+    app = create_app(explorer, limits, stopping)
     sock = bind(host, port)
     real_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_S,
                             lifespan="off")
-    server = uvicorn.Server(config)
+    server = Server(config)
     say(f"rnnlab serve: http://{shown}:{real_port}/ (Ctrl-C stops it)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         say(f"note: listening on {host}: other machines that reach it can use the model; there is no login")
