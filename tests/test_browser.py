@@ -100,7 +100,7 @@ def test_report_file_in_chromium(browser, run_dir, tmp_path):
     shown = [float(r.find_elements(By.TAG_NAME, "td")[2].text.rstrip("%")) / 100 for r in rows]
     np.testing.assert_allclose(shown, top_p, atol=0.0011)
     # a ranked unit is one click away
-    button = browser.find_element(By.CSS_SELECTOR, ".unit-btn:not([disabled])")
+    button = browser.find_element(By.XPATH, "//tr[.//span[@class='pname' and text()='in_brackets']]//button")
     browser.execute_script("arguments[0].click()", button)
     legend = browser.find_element(By.ID, "legend").text
     assert "underlined" in legend and "unit" in legend

@@ -126,6 +126,10 @@ def test_properties_follow_their_definitions():
     assert p["word_start"][0] == 1 and p["word_start"][s.index("f")] == 1 and p["word_start"][s.index("t")] == 0
     assert set(p) == set(PROPERTIES)
     assert text_properties(")))(")["bracket_depth"].tolist() == [0, 0, 0, 1]  # never below 0
+    s2 = "x(f'a)' + rb'(') + y"  # string prefixes open strings even before a letter
+    p2 = text_properties(s2)
+    assert p2["in_quotes"][s2.index("a")] == 1 and p2["bracket_depth"][-1] == 0 and p2["in_quotes"][-1] == 0
+    assert text_properties("don't (stop)")["bracket_depth"][-2] == 1  # an apostrophe is not a quote
 
 
 def test_properties_of_chinese_text():

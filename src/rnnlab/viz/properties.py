@@ -6,7 +6,8 @@ characters ``0..t`` only), as the state it is compared with. Binary properties a
 others counts:
 
 ========================  ============================================================================
-``in_quotes``             inside "..." or '...' (an apostrophe between two letters is not a quote; the
+``in_quotes``             inside "..." or '...' (an apostrophe between two letters is not a quote,
+                          unless the letters before it are a string prefix: f'...', rb'...'; the
                           opening quote is inside, the closing one outside; ``\\n`` ends a '...')
 ``bracket_depth``         nesting depth of ( [ { after this character (never below 0)
 ``in_brackets``           bracket_depth > 0
@@ -57,6 +58,19 @@ def _is_letter(ch: str) -> bool:
     return ch.isalpha()
 
 
+_PREFIXES = {"f", "r", "b", "u", "rb", "br", "fr", "rf"}
+
+
+def _string_prefix(chars: list, t: int) -> bool:
+    """Whether the letters just before ``chars[t]`` are a whole word that is a Python string
+    prefix (``f'...'``, ``rb'...'``): then a ``'`` between letters opens a string."""
+    j = t
+    while j > 0 and t - j < 3 and chars[j - 1].isalnum():
+        j -= 1
+    word = "".join(chars[j:t]).lower()
+    return word in _PREFIXES and (j == 0 or not (chars[j - 1].isalnum() or chars[j - 1] == "_"))
+
+
 def text_properties(chars) -> dict[str, np.ndarray]:
     """``{name: (T,) float64}`` for every property of :data:`PROPERTIES`, for the characters
     ``chars`` (a string, or a sequence of one-character strings)."""
@@ -79,7 +93,7 @@ def text_properties(chars) -> dict[str, np.ndarray]:
         if quote is None and not comment:
             if ch == '"':
                 quote = '"'
-            elif ch == "'" and not (_is_letter(prev) and _is_letter(nxt)):
+            elif ch == "'" and not (_is_letter(prev) and _is_letter(nxt) and not _string_prefix(chars, t)):
                 quote = "'"
             elif ch == "#":
                 comment = True

@@ -302,6 +302,7 @@ def build(model, vocab, text: str, *, lines: bool = False, chars: int = 4000, wa
         "acts": groups,
         "properties": {name: PROPERTIES[name] for name in PROPERTIES},
         "present": present,
+        "underline": [n for n in present if n != "column"],  # where "value > 0" marks something
         "props": {name: _b64(np.clip(props[name], 0, 255).astype(np.uint8)) for name in present},
         "ranking": ranking,
         "saturation": _saturation(model, tr.acts),

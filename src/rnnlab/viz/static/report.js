@@ -78,7 +78,7 @@
   const view = new RL.TextView($("text"));
   view.append(chars);
   const tip = new RL.Tip($("tip"));
-  const state = { mode: "unit", layer: 0, q: "h", unit: 0, vals: null, overlay: "" };
+  const state = { mode: "unit", layer: 0, q: "h", unit: 0, vals: null, overlay: "", tracks: "" };
   if (!M.baseline) for (const v of ["ngram", "bigram", "gain"]) $("mode").querySelector(`option[value=${v}]`).remove();
 
   function storedUnits(layer, q) { const g = groups[`${layer}/${q}`]; return g ? g.units : []; }
@@ -93,9 +93,12 @@
     U.value = state.unit;
     U.disabled = units.length === 0;
   }
-  function select(layer, q, unit, overlay) {
+  function select(layer, q, unit, prop) {
     state.mode = "unit"; state.layer = layer; state.q = q; state.unit = unit;
-    if (overlay !== undefined) state.overlay = overlay;
+    if (prop !== undefined) {  // chosen from the ranking: underline the property where that means something
+      state.overlay = D.underline.includes(prop) ? prop : "";
+      state.tracks = prop;
+    }
     $("mode").value = "unit";
     fillPicker();
     paint();
@@ -134,6 +137,7 @@
     const u = state.overlay ? props[state.overlay] : null;
     for (let t = 0; t < T; t++) view.spans[t].classList.toggle("u", !!u && u[t] > 0);
     if (state.overlay) legend.append(RL.el("span", { text: `· underlined: ${D.properties[state.overlay]}` }));
+    else if (state.tracks && state.mode === "unit") legend.append(RL.el("span", { text: `· ranked for: ${D.properties[state.tracks]}` }));
     $("overlay").value = state.overlay;
   }
   $("mode").addEventListener("change", (e) => { state.mode = e.target.value; paint(); });
@@ -152,8 +156,8 @@
     if (e.target.tagName === "SELECT" || e.target.tagName === "INPUT") return;
     if (e.key === "[") step(-1); else if (e.key === "]") step(1);
   });
-  for (const name of D.present) $("overlay").append(RL.el("option", { value: name, text: D.properties[name] }));
-  $("overlay").addEventListener("change", (e) => { state.overlay = e.target.value; paint(); });
+  for (const name of D.underline) $("overlay").append(RL.el("option", { value: name, text: D.properties[name] }));
+  $("overlay").addEventListener("change", (e) => { state.overlay = e.target.value; state.tracks = ""; paint(); });
 
   // ---------------------------------------------------------------- the tooltip
   function tipFor(t) {
