@@ -102,6 +102,10 @@ def test_visualize_a_lines_mode_chinese_run(runs, tmp_path, capsys):
     p = payload_of(tmp_path / "r.html")
     assert p["meta"]["mode"] == "lines" and p["boundary"] and "王" in p["tokens"]
     assert p["meta"]["baseline"]["orders"] == [2, 3]
+    rc, stdout, err = cli(capsys, "visualize", runs["lines"], "--text", runs["names"], "--out", tmp_path / "r.html",
+                          "--ngram", "0")
+    p = payload_of(tmp_path / "r.html")
+    assert rc == 0 and "baseline" not in p["meta"] and set(p["loss"]) == {"rnn"} and "5-gram" not in stdout
 
 
 @pytest.mark.parametrize("case", ["bigram", "no_text", "bad_chars", "no_run", "unwritable"])
@@ -276,3 +280,11 @@ def test_serve_process_answers_and_stops_cleanly_on_ctrl_c(runs):
     port = int(url.rsplit(":", 1)[1].strip("/"))
     with socket.socket() as s:  # the port is free again
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_the_core_and_the_report_never_import_the_web_packages():
+    code = ("import sys, rnnlab.cli, rnnlab.viz.report, rnnlab.viz.explore; rnnlab.cli.build_parser(); "
+            "bad = [m for m in ('starlette', 'uvicorn', 'selenium') if m in sys.modules]; print(bad); "
+            "sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -39,9 +39,10 @@ class Explorer:
 
     # ------------------------------------------------------------------------------ baseline
     def baseline(self) -> _report.Baseline | None:
-        """The n-gram fitted on the run's training split, or None when that text is gone (once)."""
+        """The n-gram fitted on the run's training split, or None when that text is gone or
+        ``ngram`` is 0 (decided once)."""
         with self._lock:
-            if not self._baseline_done:
+            if not self._baseline_done and self.ngram > 0:
                 from ..lm.corpus import rebuild_corpus
 
                 corpus = rebuild_corpus(self.cfg, self.data, self.vocab)
