@@ -19,7 +19,7 @@ def cmd_sample(args) -> int:
     if args.prime:
         vocab.encode(args.prime, what="--prime")  # characters the model never saw: fail before any output
     if cfg.lines:
-        known = _training_lines(cfg, data)
+        known = _training_lines(cfg, data, vocab)
         for _ in range(args.num):
             item = generate(model, vocab, prime=args.prime or "", length=args.length, temperature=args.temperature,
                             top_k=args.top_k, rng=rng, lines=True, emit=lambda s: None)
@@ -51,21 +51,12 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _training_lines(cfg, data):
+def _training_lines(cfg, data, vocab):
     """The training items of a lines-mode run (re-split from its source), or None."""
-    from ..lm.corpus import build_corpus, text_digest
+    from ..lm.corpus import rebuild_corpus
 
-    src = data.get("source")
-    try:
-        from ..data import read_text
-
-        text = read_text(src)
-    except (RnnlabError, TypeError):
-        return None
-    if text_digest(text) != data.get("sha256"):
-        return None
-    corpus = build_corpus(text, src, lines=True, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
-    return set(corpus.train_lines)
+    corpus = rebuild_corpus(cfg, data, vocab)
+    return None if corpus is None else set(corpus.train_lines)
 
 
 def cmd_eval(args) -> int:
