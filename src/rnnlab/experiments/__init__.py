@@ -31,6 +31,8 @@ from ..errors import RnnlabError
 
 IMPLEMENTED = ("length", "memory", "gradients", "sharing", "context", "compare")
 DEFAULT_OUT = "runs/experiments"  # runs/ is git-ignored
+PARALLEL = {"memory", "gradients", "length"}
+"""Experiments whose trials run on :mod:`rnnlab.trials` (``--workers``, ``--backend``, ``--resume``)."""
 
 
 def _loader(name: str):
@@ -71,7 +73,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default=None, metavar="PATH",
                    help="UTF-8 text for context and compare (default: the built-in corpus)")
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds to average over (default: 3)")
-    t = p.add_argument_group("parallel trials (memory)")
+    t = p.add_argument_group("parallel trials (" + ", ".join(sorted(PARALLEL)) + ")")
     t.add_argument("--workers", type=int, default=0, metavar="N",
                    help="trials at a time (default: one per core; Ray: as the cluster allows)")
     t.add_argument("--backend", default="local", help="local (processes on this machine) | ray (default local)")
@@ -87,10 +89,6 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("--budget", type=int, default=None, metavar="N",
                    help="training sequences per run (default: max(200k, 3000 x T))")
     return p
-
-
-PARALLEL = {"memory"}
-"""Experiments whose trials run on :mod:`rnnlab.trials` (``--workers``, ``--backend``, ``--resume``)."""
 
 
 def _csv(s: str | None, kind=str, what: str = ""):
