@@ -16,7 +16,7 @@ import sys
 from ..errors import RnnlabError
 from .common import EXIT_USER, Parser
 
-COMMAND_MODULES = ("train", "runs", "tools")
+COMMAND_MODULES = ("train", "runs", "export", "tools")
 """Modules of this package that define subcommands, in the order ``--help`` lists them."""
 
 
