@@ -255,7 +255,7 @@ def test_existing_output_needs_force_and_is_left_intact(runs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["no-run", "incomplete-run", "unknown-format", "no-onnx-package", "not-onnx",
-                                  "not-rnnlab-onnx"])
+                                  "not-rnnlab-onnx", "no-onnxruntime-package"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out" / "m.onnx"
     argv, want = ["export", runs / "gru", "--out", out], []
@@ -271,6 +271,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, runs, tmp_path, c
     elif case == "no-onnx-package":
         monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
         want = ['pip install "rnnlab[export]"']
+    elif case == "no-onnxruntime-package":
+        assert cli(capsys, "export", runs / "gru", "--out", tmp_path / "m.onnx")[0] == 0
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)
+        argv, want = ["sample", tmp_path / "m.onnx"], ["needs onnxruntime", 'pip install "rnnlab[export]"']
     elif case in ("not-onnx", "not-rnnlab-onnx"):
         import onnx
 

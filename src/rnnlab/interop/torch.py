@@ -163,20 +163,31 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 _CELLS = ("rnn", "lstm", "gru")
 
 
+def _torch_lm():
+    """:mod:`rnnlab.interop.torch_lm`, or a one-line error saying how to install torch."""
+    try:
+        from . import torch_lm
+    except ImportError:
+        raise RnnlabError("a torch.nn.Module needs PyTorch: pip install torch (the torch format itself is written "
+                          "and read without it)") from None
+    return torch_lm
+
+
 def __getattr__(name):  # TorchCharLM without importing torch with this module
     if name == "TorchCharLM":
-        from .torch_lm import TorchCharLM
-
-        return TorchCharLM
+        return _torch_lm().TorchCharLM
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_charlm(model) -> None:
     """Raise :class:`RnnlabError` in one line unless ``model`` is a recurrent char-LM."""
+    from .onnx import EXPORTERS
+
     kind = getattr(model, "kind", type(model).__name__)
     if kind not in _CELLS:
-        raise RnnlabError(f"the torch format holds Embedding -> RNN/LSTM/GRU -> Linear char-LMs, and a {kind!r} model "
-                          "is not one; export it with --format onnx")
+        raise RnnlabError(f"the torch format holds Embedding -> RNN/LSTM/GRU -> Linear char-LMs (rnn, lstm, gru), and "
+                          f"a {kind!r} model is not one" + ("; export it with --format onnx" if kind in EXPORTERS
+                                                             else ""))
 
 
 def charlm_to_state(model) -> dict[str, np.ndarray]:
@@ -217,6 +228,7 @@ def charlm_config(module) -> dict:
     """``RecurrentLM.config()`` of a torch char-LM: ``module.config()`` for a :class:`TorchCharLM`,
     else read from its ``embed`` (``nn.Embedding`` or absent/None for one-hot input), ``rnn``
     (``nn.RNN/LSTM/GRU``) and ``out`` (``nn.Linear``) children."""
+    import torch
     import torch.nn as tnn
 
     if callable(getattr(module, "config", None)):
@@ -228,8 +240,11 @@ def charlm_config(module) -> dict:
         why = "it needs children embed (nn.Embedding, or None for one-hot input), rnn (nn.RNN/LSTM/GRU), out (nn.Linear)"
     elif rnn.bidirectional or not rnn.bias or getattr(rnn, "proj_size", 0) or out.bias is None:
         why = "rnnlab's char-LM has a unidirectional recurrent stack with biases, no projection, a biased read-out"
-    elif out.in_features != rnn.hidden_size or rnn.input_size != (emb.embedding_dim if emb is not None else out.out_features):
-        why = "the sizes of embed, rnn and out do not chain"
+    elif (out.in_features != rnn.hidden_size or (emb is not None and emb.num_embeddings != out.out_features)
+          or rnn.input_size != (emb.embedding_dim if emb is not None else out.out_features)):
+        why = "the sizes of embed, rnn and out do not chain (V -> E -> H -> V)"
+    elif out.weight.dtype not in (torch.float32, torch.float64):
+        why = f"its weights are {out.weight.dtype}, rnnlab's float32 or float64 (call .float() first)"
     if why:
         raise RnnlabError(f"cannot read {type(module).__name__} as an rnnlab char-LM: {why}")
     return {"model": cell, "vocab_size": out.out_features, "hidden": rnn.hidden_size, "layers": rnn.num_layers,
@@ -242,9 +257,8 @@ def to_torch(run_or_model, checkpoint: str = "best"):
     """A :class:`TorchCharLM` in eval mode with the weights of ``run_or_model``: a ``RecurrentLM``,
     a run directory (its ``checkpoint``, ``best`` or ``last``) or a torch-format directory. From a
     directory the module's ``vocab`` attribute holds the run's :class:`~rnnlab.data.Vocab`."""
+    TorchCharLM = _torch_lm().TorchCharLM
     import torch
-
-    from .torch_lm import TorchCharLM
 
     vocab = None
     if isinstance(run_or_model, (str, os.PathLike)):
