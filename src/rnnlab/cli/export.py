@@ -54,7 +54,7 @@ def cmd_import_torch(args) -> int:
 
 def is_model_file(path) -> bool:
     """Whether ``rnnlab sample PATH`` names an exported model file rather than a run directory."""
-    return str(path).endswith(".onnx") or os.path.isfile(path)
+    return os.path.isfile(path) or (str(path).endswith(".onnx") and not os.path.isdir(path))
 
 
 def load_model_file(path, which=None):
