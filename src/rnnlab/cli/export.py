@@ -35,8 +35,8 @@ def cmd_export(args) -> int:
         files = export_files(model, vocab, metadata)
         ensure_dir(out.parent, "output directory")
         atomic_write_dir(out, files, replace=args.force)
-        say(args, f"wrote {out}/ ({', '.join(files)}): a {model.kind} char-LM for PyTorch; load it with "
-                  f"rnnlab.interop.torch.load({str(out)!r})")
+        say(args, f"wrote {out}/ ({', '.join(files)}): a {model.kind} char-LM for PyTorch; in Python, "
+                  f"rnnlab.interop.torch.to_torch({str(out)!r}) gives the torch.nn.Module")
     return 0
 
 
