@@ -8,6 +8,8 @@ Exports RUN's best checkpoint to a temporary ``.onnx`` file and torch-format dir
   ``--streams`` parallel streams read in chunks of ``--chunk`` with the state carried, through
   rnnlab (float32), onnxruntime, the ``to_torch`` module, and rnnlab in float64 on the same
   weights (the reference: what float32 rounding alone costs); max abs differences of the logits;
+  then the torch module and rnnlab both in float64 (where the two implementations must agree to
+  rounding in the 13th digit);
 * **stepping**: onnxruntime one character per call against one call over the same 200;
 * **speed**: characters per second generating ``--gen`` characters (temperature 1, one stream,
   seed 0) with ``rnnlab.lm.sample.generate`` -- exactly what ``rnnlab sample RUN`` and ``rnnlab
@@ -53,11 +55,12 @@ def main() -> None:
     path = os.path.join(tmp, "model.onnx")
     with open(path, "wb") as f:
         f.write(onnx_bytes(model, vocab))
-    onx = OnnxLM(path, threads=1)
+    onx = OnnxLM(path)
     tmod = to_torch(model)
     ref = build_model({**model.config(), "dtype": "float64"})
     ref.load_state_dict(model.state_dict())
     ref.eval()
+    tref = to_torch(ref)
     print(f"run {run.path}: {model.kind}, {cfg.layers} layers, hidden {cfg.hidden}, embed {cfg.embed}, "
           f"{model.num_params():,} parameters, best checkpoint at step {meta.get('step')}; "
           f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
@@ -66,8 +69,9 @@ def main() -> None:
     ids = vocab.encode(read_text(data["source"]))[-args.chars:].astype(np.int64)
     S = args.streams
     ids = ids[: len(ids) // S * S].reshape(S, -1).T.copy()  # (N/S, S): S contiguous streams, time-major
-    worst = {"onnxruntime": 0.0, "torch": 0.0, "float64 rnnlab": 0.0, "onnxruntime vs float64": 0.0}
-    states = {k: None for k in ("r", "o", "t", "d")}
+    worst = {"onnxruntime": 0.0, "torch": 0.0, "float64 rnnlab": 0.0, "onnxruntime vs float64": 0.0,
+             "torch vs float64": 0.0, "float64: torch vs rnnlab": 0.0}
+    states = {k: None for k in ("r", "o", "t", "d", "td")}
     top = 0.0
     for s in range(0, ids.shape[0], args.chunk):
         x = ids[s:s + args.chunk]
@@ -75,14 +79,17 @@ def main() -> None:
         b, states["o"], _ = onx.forward(x, states["o"])
         with torch.no_grad():
             c, states["t"] = tmod(torch.from_numpy(x), states["t"])
+            e, states["td"] = tref(torch.from_numpy(x), states["td"])
         d, states["d"], _ = ref.forward(x, states["d"])
         top = max(top, float(np.abs(d).max()))
         worst["onnxruntime"] = max(worst["onnxruntime"], float(np.abs(a - b).max()))
         worst["torch"] = max(worst["torch"], float(np.abs(a - c.numpy()).max()))
         worst["float64 rnnlab"] = max(worst["float64 rnnlab"], float(np.abs(a - d).max()))
         worst["onnxruntime vs float64"] = max(worst["onnxruntime vs float64"], float(np.abs(b - d).max()))
+        worst["torch vs float64"] = max(worst["torch vs float64"], float(np.abs(c.numpy() - d).max()))
+        worst["float64: torch vs rnnlab"] = max(worst["float64: torch vs rnnlab"], float(np.abs(e.numpy() - d).max()))
     print(f"parity over {ids.size:,} characters ({S} streams x {ids.shape[0]} steps, chunks of {args.chunk}, state "
-          f"carried); largest |logit| {top:.1f}; max abs difference of the logits from rnnlab float32:")
+          f"carried); largest |logit| {top:.1f}; max abs difference of the logits (from rnnlab float32 unless named):")
     for k, v in worst.items():
         print(f"  {k:24s} {v:.2e}")
     whole, _, _ = onx.forward(ids[:200, :1])
@@ -93,7 +100,7 @@ def main() -> None:
     print(f"onnxruntime one character per call vs one call over 200: max abs {np.abs(np.stack(steps) - whole).max():.2e}")
 
     # ---- generation speed
-    onx_default = OnnxLM(path, threads=0)
+    onx_one = OnnxLM(path, threads=1)
     sess = onnxruntime.InferenceSession(path)  # the docs' script: default session options
     tokens, start = vocab.tokens, onx.meta["initial_state"]
 
@@ -131,8 +138,8 @@ def main() -> None:
         return f
 
     sides = {"rnnlab sample RUN (NumPy engine)": via_generate(model),
-             "rnnlab sample model.onnx (1 thread)": via_generate(onx),
-             "same, onnxruntime's default threads": via_generate(onx_default),
+             "rnnlab sample model.onnx": via_generate(onx),
+             "same, onnxruntime on 1 thread": via_generate(onx_one),
              "docs script loop (bare onnxruntime)": script_loop,
              f"to_torch module ({torch.get_num_threads()} threads)": torch_loop}
     best = {k: np.inf for k in sides}

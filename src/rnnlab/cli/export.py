@@ -35,7 +35,7 @@ def cmd_export(args) -> int:
         files = export_files(model, vocab, metadata)
         ensure_dir(out.parent, "output directory")
         atomic_write_dir(out, files, replace=args.force)
-        say(args, f"wrote {out}/ ({', '.join(files)}): a {model.kind} char-LM for PyTorch; in Python, "
+        say(args, f"wrote {out}/ ({', '.join(files)}): the {model.kind} char-LM for PyTorch; in Python, "
                   f"rnnlab.interop.torch.to_torch({str(out)!r}) gives the torch.nn.Module")
     return 0
 
@@ -64,7 +64,7 @@ def load_model_file(path, which=None):
     from ..interop.onnx_run import OnnxLM
     from ..lm.config import TrainConfig
 
-    model = OnnxLM(path, threads=1)  # one character per call: a thread pool costs more than it saves
+    model = OnnxLM(path)
     train = model.meta.get("train") or {}
     cfg = TrainConfig(lines=model.vocab.boundary, **{k: train[k] for k in ("val_frac", "test_frac", "seed")
                                                      if k in train})
