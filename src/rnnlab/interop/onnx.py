@@ -27,7 +27,7 @@ ONNX's bias input is ``B = [Wb, Rb]`` (input-side then recurrent-side, ``2 G H``
 single bias ``b_h`` goes into ``Wb`` and ``Rb`` is zero, except for the GRU, whose ``b_hn`` sits
 inside the reset product: ``h~ = tanh(W_h x + b_h,n + r * (R_h h + b_hn))`` is exactly ONNX's
 ``linear_before_reset = 1`` with ``b_hn`` in the ``h`` block of ``Rb``. ``layout = 0`` (time-major,
-what rnnlab uses anyway: onnxruntime's CPU RNN/LSTM kernels reject ``layout = 1``); each node's
+what rnnlab uses anyway: onnxruntime's CPU RNN/LSTM/GRU kernels refuse ``layout = 1``); each node's
 output ``Y (T, 1, B, H)`` loses its direction axis with a ``Squeeze``.
 
 The embedding is a ``Gather`` (a one-hot ``OneHot`` when the model was trained with ``embed = 0``),
