@@ -55,7 +55,7 @@ def main() -> None:
     path = os.path.join(tmp, "model.onnx")
     with open(path, "wb") as f:
         f.write(onnx_bytes(model, vocab))
-    onx = OnnxLM(path)
+    onx = OnnxLM(path, threads=1)  # as rnnlab sample model.onnx runs it
     tmod = to_torch(model)
     ref = build_model({**model.config(), "dtype": "float64"})
     ref.load_state_dict(model.state_dict())
@@ -100,7 +100,7 @@ def main() -> None:
     print(f"onnxruntime one character per call vs one call over 200: max abs {np.abs(np.stack(steps) - whole).max():.2e}")
 
     # ---- generation speed
-    onx_one = OnnxLM(path, threads=1)
+    onx_default = OnnxLM(path)
     sess = onnxruntime.InferenceSession(path)  # the docs' script: default session options
     tokens, start = vocab.tokens, onx.meta["initial_state"]
 
@@ -138,8 +138,8 @@ def main() -> None:
         return f
 
     sides = {"rnnlab sample RUN (NumPy engine)": via_generate(model),
-             "rnnlab sample model.onnx": via_generate(onx),
-             "same, onnxruntime on 1 thread": via_generate(onx_one),
+             "rnnlab sample model.onnx (1 thread)": via_generate(onx),
+             "same, onnxruntime's default threads": via_generate(onx_default),
              "docs script loop (bare onnxruntime)": script_loop,
              f"to_torch module ({torch.get_num_threads()} threads)": torch_loop}
     best = {k: np.inf for k in sides}

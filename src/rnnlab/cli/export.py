@@ -64,7 +64,7 @@ def load_model_file(path, which=None):
     from ..interop.onnx_run import OnnxLM
     from ..lm.config import TrainConfig
 
-    model = OnnxLM(path)
+    model = OnnxLM(path, threads=1)  # a character per call: a second thread is within noise (docs/export.md)
     train = model.meta.get("train") or {}
     cfg = TrainConfig(lines=model.vocab.boundary, **{k: train[k] for k in ("val_frac", "test_frac", "seed")
                                                      if k in train})
