@@ -16,7 +16,7 @@ import sys
 from ..errors import RnnlabError
 from .common import EXIT_USER, Parser
 
-COMMAND_MODULES = ("train", "runs", "sweep", "viz", "tools")
+COMMAND_MODULES = ("train", "runs", "export", "sweep", "viz", "tools")
 """Modules of this package that define subcommands, in the order ``--help`` lists them."""
 
 

@@ -12,8 +12,10 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     from ..lm.sample import generate
+    from .export import is_model_file, load_model_file  # an exported .onnx file samples like its run
 
-    run, cfg, data, vocab, model, _ = _load_run(args.run_dir, args.checkpoint)
+    load = load_model_file if is_model_file(args.run_dir) else _load_run
+    run, cfg, data, vocab, model, _ = load(args.run_dir, args.checkpoint)
     rng = np.random.default_rng(args.seed)
     out = sys.stdout
     if args.prime:
@@ -130,8 +132,8 @@ def cmd_info(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("sample", help="generate text from a trained run")
-    s.add_argument("run_dir")
+    s = sub.add_parser("sample", help="generate text from a trained run or an exported .onnx file")
+    s.add_argument("run_dir", help="run directory, or a model file written by rnnlab export")
     s.add_argument("--prime", default=None, help="text to start from")
     s.add_argument("--length", type=_num(int, 1), default=500, help="characters to generate (default 500)")
     s.add_argument("--num", type=_num(int, 1), default=1, help="number of samples (default 1)")
