@@ -31,7 +31,7 @@ from ..errors import RnnlabError
 
 IMPLEMENTED = ("length", "memory", "gradients", "sharing", "context", "compare")
 DEFAULT_OUT = "runs/experiments"  # runs/ is git-ignored
-PARALLEL = {"memory", "gradients", "length"}
+PARALLEL = {"memory", "gradients", "length", "context"}
 """Experiments whose trials run on :mod:`rnnlab.trials` (``--workers``, ``--backend``, ``--resume``)."""
 
 

@@ -132,13 +132,13 @@ LITERATURE = {
     ("adding-hs", "lstm"): {100: "74,000 sequences", 500: "209,000 sequences", 1000: "853,000 sequences"},
 }
 LITERATURE_NOTES = [
-    "Hochreiter & Schmidhuber 1997, Table 7 (adding-hs; LSTM with 2 memory-cell blocks of size 2, online "
-    "learning, learning rate 0.5): average training sequences until the stopping criterion.",
-    "Arjovsky, Shah & Bengio 2016 (adding, T = 100 to 750; copy, T = 1000-2000; LSTM 128 units, RMSprop): the "
-    "LSTM solves adding up to T = 400 and fails at T = 750; on copy it stays at the memoryless baseline.",
-    "Le, Jaitly & Hinton 2015 (adding, T = 150 to 400): the IRNN and the LSTM learn it, the tanh RNN does not.",
+    "Hochreiter & Schmidhuber 1997, Table 7 (adding-hs; LSTM without forget gate, 2 memory-cell blocks of size 2, "
+    "online updates): average training sequences until their stopping criterion.",
+    "Arjovsky, Shah & Bengio 2016 (adding at T = 100 to 750; copy at long delays): the LSTM learns adding up to "
+    "T = 400 and fails at T = 750; on copy it stays at the memoryless baseline.",
+    "Le, Jaitly & Hinton 2015 (adding, T = 150 to 400): the IRNN comparable to the LSTM, the tanh RNN failing.",
     "Tallec & Ollivier 2018: chrono initialisation lets the LSTM learn copy and adding at lags where the "
-    "standard initialisation fails or is much slower.",
+    "standard initialisation is much slower or fails.",
 ]
 
 
