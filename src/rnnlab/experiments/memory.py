@@ -251,11 +251,11 @@ def run_trial(params: dict, ctx) -> dict:
     key = (seed, NAME, task.name, T)
     test = task.sample(rng_for(*key, "test"), cfg.test_size, T)
     out = {"params": 0, "steps": 0, "sequences": 0, "sequences_to_success": None, "stop": "budget"}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if kind == "guess":
         model = random_guess(task, T, cfg, rng_for(*key, kind, "init"))
         out["stop"] = f"{cfg.guesses} guesses"
-        return _finish(out, model, task, T, test, t0)
+        return _finish(out, model, task, T, test, t0, c0)
 
     model = _build(kind, task, T, cfg, rng_for(*key, kind, "init"))
     val = task.sample(rng_for(*key, "val"), cfg.val_size, T)
@@ -263,7 +263,7 @@ def run_trial(params: dict, ctx) -> dict:
     lr = cfg.lr_irnn if kind == "irnn" else cfg.lr
     opt = make_optimizer("adam", model.params, model.grads, lr=lr)
     budget = cfg.window_budget if _window_blind(kind, task, T, cfg) else cfg.budget_for(T)
-    step, best_progress, best_at, elapsed, first_solved = 0, -math.inf, 0, 0.0, None
+    step, best_progress, best_at, elapsed, first_solved, cpu = 0, -math.inf, 0, 0.0, None, 0.0
     state_file = Path(ctx.dir) / "state.safetensors"
     if state_file.is_file():  # resume: weights, Adam's slots, the data generator, the counters
         tensors, meta = load_checkpoint(state_file)
@@ -271,9 +271,10 @@ def run_trial(params: dict, ctx) -> dict:
         opt.load_state_dict(unflatten_state(tensors, meta["optimizer"]))
         data.bit_generator.state = meta["rng"]
         step, best_progress, best_at, elapsed = meta["step"], meta["best_progress"], meta["best_at"], meta["elapsed"]
-        first_solved = meta["first_solved"]
+        first_solved, cpu = meta["first_solved"], meta["cpu"]
         best_progress = -math.inf if best_progress is None else best_progress
     t0 -= elapsed
+    c0 -= cpu
 
     def save():
         tensors = {f"model.{k}": v for k, v in model.params.items()}
@@ -281,7 +282,8 @@ def run_trial(params: dict, ctx) -> dict:
         tensors.update(otensors)
         save_checkpoint(state_file, tensors, {
             "step": step, "best_progress": best_progress if math.isfinite(best_progress) else None,
-            "best_at": best_at, "first_solved": first_solved, "elapsed": time.perf_counter() - t0, "optimizer": ometa,
+            "best_at": best_at, "first_solved": first_solved, "elapsed": time.perf_counter() - t0,
+            "cpu": time.process_time() - c0, "optimizer": ometa,
             "rng": data.bit_generator.state})
 
     last_save = time.perf_counter()
@@ -319,7 +321,7 @@ def run_trial(params: dict, ctx) -> dict:
     if _window_blind(kind, task, T, cfg) and out["stop"] in ("budget", "plateau"):
         out["stop"] = "window misses the relevant inputs"
     out["steps"], out["sequences"], out["sequences_to_success"] = step, step * cfg.batch, first_solved
-    return _finish(out, model, task, T, test, t0)
+    return _finish(out, model, task, T, test, t0, c0)
 
 
 class _StopOnSignal:
@@ -348,10 +350,13 @@ class _StopOnSignal:
         return False
 
 
-def _finish(out, model, task, T, test, t0):
+def _finish(out, model, task, T, test, t0, c0):
+    """Score the test set; ``seconds`` is the trial's wall time, ``cpu_seconds`` the processor
+    time it used (what it would take alone on a core, whatever else the machine ran)."""
     loss, metric = _score(model, task, test)
     out.update(params=int(model.num_params()), test_loss=loss, test_metric=metric,
-               success=bool(task.solved(metric)) and math.isfinite(loss), seconds=time.perf_counter() - t0)
+               success=bool(task.solved(metric)) and math.isfinite(loss), seconds=time.perf_counter() - t0,
+               cpu_seconds=time.process_time() - c0)
     if not out["success"]:
         out["sequences_to_success"] = None
     return out
@@ -445,7 +450,8 @@ def report(out: Path, cfg: Config, seeds: int, trials, results, quick: bool, sec
             "sequences_to_success": res["sequences_to_success"], "sequences": res["sequences"],
             "stop": res["stop"], "metric": task.metric_name, "test_metric": res["test_metric"],
             "test_loss": res["test_loss"], "baseline_metric": task.baseline_metric(p["T"]),
-            "baseline_loss": task.baseline_loss(p["T"]), "params": res["params"], "seconds": res["seconds"]})
+            "baseline_loss": task.baseline_loss(p["T"]), "params": res["params"], "seconds": res["seconds"],
+            "cpu_seconds": res.get("cpu_seconds")})
     rows = []
     for task_name in cfg.tasks:
         task = TASKS[task_name]
@@ -514,7 +520,10 @@ def report(out: Path, cfg: Config, seeds: int, trials, results, quick: bool, sec
         rep.add_table("literature", Table(lit, title="Beside the papers (sequences to success)"))
     rep.add_table("summary", Table(rows, in_md=False, title="One row per task, model and lag"))
     budget = f"{cfg.budget:,}" if cfg.budget else f"max({cfg.min_budget:,}, {cfg.budget_per_step:,} x T)"
+    cpu = sum(r["cpu_seconds"] or 0.0 for r in per_trial)
     rep.notes += [
+        f"Compute: {len(per_trial)} trials, {cpu:,.0f} processor-seconds in all (about {cpu / 2 / 60:.0f} min on 2 "
+        f"free cores); this run took {seconds / 60:.1f} min of wall time.",
         f"Budget per run: {budget} sequences of batch {cfg.batch}; validation ({cfg.val_size} sequences) every {cfg.check_every} steps; test "
         f"{cfg.test_size} sequences. Adam lr {cfg.lr:g} (IRNN {cfg.lr_irnn:g}), clipping {cfg.clip:g}; "
         f"hidden {cfg.hidden}, MLP hidden {cfg.mlp_hidden}.",
