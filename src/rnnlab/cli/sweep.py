@@ -30,8 +30,8 @@ def cmd_sweep(args) -> int:
         args.batch = 64  # as rnnlab train does in lines mode
     base = _train_config(args)
     workers = args.workers or (default_workers() if args.backend == "local" else 0)
-    if base.threads == 0 and args.backend == "local":  # the trials share the cores
-        base.threads = max(1, default_workers() // max(1, workers))
+    if base.threads == 0:  # the trials share the cores (on Ray each trial holds one CPU)
+        base.threads = max(1, default_workers() // max(1, workers)) if args.backend == "local" else 1
     text, source = load_text(args.text)
     build_corpus(text, source, lines=base.lines, val_frac=base.val_frac, test_frac=base.test_frac, seed=base.seed)
     points = grid_points(grid, args.random, base.seed)
