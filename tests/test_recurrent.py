@@ -382,8 +382,14 @@ def test_default_dtype_rng_and_initialisers():
         blk = w[g * 8 : (g + 1) * 8]
         np.testing.assert_allclose(blk @ blk.T, np.eye(8), atol=1e-5)
     assert np.all(lstm.params["b_h_l0"][8:16] == 1.0)
-    x = xavier = RNN(3, 8, init="xavier", rng=np.random.default_rng(0))
-    assert np.all(xavier.params["b_h_l0"] == 0) and x.params["W_xh_l0"].std() > 0
+    xavier = GRU(30, 20, init="xavier", dtype=np.float64, rng=np.random.default_rng(0))
+    assert all(not v.any() for k, v in xavier.params.items() if k.startswith("b_"))
+    for name, fan_in in (("W_xh_l0", 30), ("W_hh_l0", 20)):  # Glorot per gate block: fan_out = H
+        a = np.sqrt(6 / (fan_in + 20))
+        w = np.abs(xavier.params[name])
+        assert w.shape == (3 * 20, fan_in)
+        for g in range(3):
+            assert 0.9 * a < w[g * 20 : (g + 1) * 20].max() <= a, (name, g)
 
 
 def test_dropout_needs_rng_and_is_reproducible_and_off_in_eval():
