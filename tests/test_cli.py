@@ -492,7 +492,7 @@ BAD_INPUT = {
                                     lambda ws: _truncate(ws / _ckpt("last"), 100)),
     "checkpoint-bit-flip": (["sample", RUN], ["best.safetensors", "checksum"], lambda ws: _flip(ws / _ckpt("best"))),
     "checkpoint-garbage": (["sample", RUN], ["best.safetensors", "corrupt"],
-                           _write(_ckpt("best"), os.urandom(3000))),
+                           _write(_ckpt("best"), np.random.default_rng(0).bytes(3000))),
     "checkpoint-empty": (["sample", RUN], ["best.safetensors", "empty"], _write(_ckpt("best"), b"")),
     "resume-corrupt-checkpoint": (["train", "{ws}/en.txt", "--out", RUN, "--resume", "--quiet"],
                                   ["cannot resume", "last.safetensors", "--force"],
