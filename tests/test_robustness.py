@@ -1,7 +1,8 @@
 """Faults: Ctrl-C, SIGKILL at random moments, NaN/Inf, a full disk, an unwritable or busy run
 directory, large inputs and long samples.
 
-Processes that must really die are real subprocesses of the installed ``rnnlab`` entry point;
+Processes that must really die are real subprocesses (``python -m rnnlab``, so they run wherever
+the tests run, whether or not a console script is installed);
 faults that cannot be caused for real on a test machine (a full disk, a read-only directory
 when the tests run as root) are injected by monkeypatching the file layer, in-process.
 Nothing here waits a fixed time for something to happen: tests poll for files with a timeout.
@@ -30,8 +31,8 @@ from rnnlab.lm.rundir import RunDir
 from rnnlab.lm.trainer import read_run
 
 TINY = ["--model", "lstm", "--layers", "1", "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8",
-        "--quiet"]
-ENTRY_POINT = Path(sys.executable).with_name("rnnlab")
+        "--dropout", "0", "--quiet"]  # every size option given: no automatic choice (lm/auto.py) depends on --max-steps
+RNNLAB = [sys.executable, "-m", "rnnlab"]
 HAS_PROC = Path("/proc/self/status").is_file() and Path("/proc/self/fd").is_dir()
 WORDS = ("the cat sat on a mat and the dog ran far away then slept in the sun while a bird sang "
          "of rivers hills and quiet roads").split()
@@ -56,12 +57,6 @@ def cli(capsys, *argv):
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def entry_point() -> str:
-    if not ENTRY_POINT.exists():
-        pytest.skip(f"the rnnlab entry point is not installed next to {sys.executable}")
-    return str(ENTRY_POINT)
 
 
 def wait_for(condition, proc, timeout=60.0, what="the condition"):
@@ -119,7 +114,7 @@ def test_ctrl_c_checkpoints_exits_0_and_resume_continues_exactly(text, tmp_path,
     trains, the run directory is locked against a second trainer but readable by `sample`."""
     run, ref = tmp_path / "run", tmp_path / "ref"
     opts = [*TINY, "--schedule", "constant", "--eval-every", "2"]
-    proc = subprocess.Popen([entry_point(), "train", str(text), "--out", str(run), *opts, "--max-steps", "1000000"],
+    proc = subprocess.Popen([*RNNLAB, "train", str(text), "--out", str(run), *opts, "--max-steps", "1000000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: last_of(run).is_file(), proc, what="the first checkpoint")
@@ -169,26 +164,54 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(text, t
 
 
 # ------------------------------------------------------------------------------------ SIGKILL
-def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(text, tmp_path):
-    """20 trials: start (or resume) training with a checkpoint every step, wait until this process
-    has written a checkpoint, kill it with SIGKILL after a random delay. After every kill the
-    checkpoints, config, vocabulary and metrics load, and the next trial resumes from them. In
-    the end the run, killed 20 times, continues to a state bit-identical to an unkilled run.
+PAUSE_IN_WRITE = r"""
+import os, sys, time
+import rnnlab.io as rio
+real = rio._write_all
+def write_all(fd, data):  # the test hook: stop inside the atomic write of this process's first `last`
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    if ".last.safetensors." in name:
+        real(fd, data[: len(data) // 2])
+        with open(os.environ["RNNLAB_TEST_PAUSED"], "w") as f:
+            f.write(name)
+        time.sleep(600)  # until the test kills the process
+    real(fd, data)
+rio._write_all = write_all
+from rnnlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
-    The processes use the NumPy kernels (RNNLAB_NO_NUMBA=1), whose start-up is about a second
-    shorter than loading the compiled ones; what a kill can damage does not depend on them."""
+
+@pytest.mark.parametrize("kernels, kills", [("numba", 20), ("numpy", 10)])
+def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(kernels, kills, text, tmp_path):
+    """Start (or resume) training with a checkpoint every step, wait until this process has written
+    a checkpoint, kill it with SIGKILL after a random delay; on the default path (the numba
+    kernels) and on the NumPy kernels. Two of the kills are made to land inside a checkpoint write:
+    a test hook writes half of the file and pauses there, and the kill comes while the half-written
+    temporary exists. After every kill the checkpoints, config, vocabulary and metrics load, an
+    interrupted write has left ``last`` as it was, and the next trial resumes. In the end the run,
+    killed every time, continues to a state (``last`` and ``best``) bit-identical to an unkilled
+    run."""
     rng = random.Random(1234)
-    env = {**os.environ, "RNNLAB_NO_NUMBA": "1"}
+    env = {**os.environ, "RNNLAB_NO_NUMBA": "1"} if kernels == "numpy" else \
+        {k: v for k, v in os.environ.items() if k != "RNNLAB_NO_NUMBA"}
     run, ref = tmp_path / "run", tmp_path / "ref"
+    paused = tmp_path / "paused"
     opts = [*TINY, "--schedule", "constant", "--eval-every", "1", "--max-steps", "1000000"]
+    pause_trials = {3, kills - 2} if HAS_PROC else set()
     prev_id, prev_step, mid_write = None, 0, 0
-    for trial in range(20):
-        argv = [entry_point(), "train", str(text), "--out", str(run), *(["--resume", "--quiet"] if trial else opts)]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    for trial in range(kills):
+        head = [sys.executable, "-c", PAUSE_IN_WRITE] if trial in pause_trials else RNNLAB
+        argv = [*head, "train", str(text), "--out", str(run), *(["--resume", "--quiet"] if trial else opts)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**env, "RNNLAB_TEST_PAUSED": str(paused)})
         try:
-            wait_for(lambda: file_id(last_of(run)) not in (None, prev_id), proc,
-                     what=f"a new checkpoint in trial {trial}")
-            time.sleep(rng.uniform(0.0, 0.6))  # the random moment of the kill
+            if trial in pause_trials:
+                wait_for(paused.is_file, proc, what=f"the paused write in trial {trial}")
+            else:
+                wait_for(lambda: file_id(last_of(run)) not in (None, prev_id), proc,
+                         what=f"a new checkpoint in trial {trial}")
+                time.sleep(rng.uniform(0.0, 0.6))  # the random moment of the kill
             proc.kill()
             _, err = proc.communicate()
         finally:
@@ -196,24 +219,30 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(text, tmp
                 proc.kill()
                 proc.communicate()
         assert proc.returncode == -signal.SIGKILL, err
-        mid_write += bool(temporaries(run))
         tensors, meta = load_checkpoint(last_of(run))
-        assert meta["step"] > prev_step
+        if trial in pause_trials:  # killed with half of the new `last` written: the old one is intact
+            assert [Path(t).name for t in temporaries(run)] == [paused.read_text()]
+            assert meta["step"] == prev_step and file_id(last_of(run)) == prev_id
+            paused.unlink()
+            mid_write += 1
+        else:
+            assert meta["step"] > prev_step
         load_checkpoint(run / "checkpoints" / "best.safetensors")
         read_run(RunDir(run))
         assert read_jsonl(run / "metrics.jsonl")
         prev_id, prev_step = file_id(last_of(run)), meta["step"]
-    print(f"20 kills, {mid_write} while a temporary file existed; last checkpoint at step {prev_step}")
+    assert mid_write == len(pause_trials)
     end = str(prev_step + 3)
-    p = subprocess.run([entry_point(), "train", str(text), "--out", str(run), "--resume", "--quiet",
-                        "--max-steps", end], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run([*RNNLAB, "train", str(text), "--out", str(run), "--resume", "--quiet", "--max-steps", end],
+                       capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     assert temporaries(run) == [], "a resumed run removes the temporaries of killed writers"
-    p = subprocess.run([entry_point(), "train", str(text), "--out", str(ref), *opts[:-4], "--eval-every", "1000",
-                        "--max-steps", end], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run([*RNNLAB, "train", str(text), "--out", str(ref), *opts[:-2], "--max-steps", end],
+                       capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     assert load_checkpoint(last_of(run))[1]["step"] == prev_step + 3
-    assert_same_tensors(last_of(run), last_of(ref))
+    for which in ("last", "best"):
+        assert_same_tensors(run / "checkpoints" / f"{which}.safetensors", ref / "checkpoints" / f"{which}.safetensors")
 
 
 KILL_MID_WRITE = r"""
@@ -299,10 +328,10 @@ def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, cli
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_a_huge_learning_rate_is_caught_in_one_line(threads, text, tmp_path):
     """For real, in a subprocess: --lr 1e30 without clipping overflows float32. One line on stderr
-    (NumPy's overflow warnings are silenced, in the shard threads too), exit 2, and no checkpoint
-    of the broken model."""
+    (NumPy's overflow warnings are silenced, in the shard threads too; and without --quiet, no
+    progress output comes before it), exit 2, and no checkpoint of the broken model."""
     run = tmp_path / "run"
-    p = subprocess.run([entry_point(), "train", str(text), "--out", str(run), *TINY, "--optimizer", "sgd",
+    p = subprocess.run([*RNNLAB, "train", str(text), "--out", str(run), *TINY[:-1], "--optimizer", "sgd",
                         "--lr", "1e30", "--clip", "0", "--schedule", "constant", "--max-steps", "50",
                         "--eval-every", "3", "--threads", threads], capture_output=True, text=True, timeout=120)
     assert_one_line_error(p.returncode, p.stdout, p.stderr, "training diverged", "lower --lr", "--clip")
