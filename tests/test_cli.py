@@ -2,8 +2,9 @@
 
 Every test here runs the real command: in-process through :func:`rnnlab.cli.main` (fast, with
 ``capsys``), or as a subprocess, ``python -m rnnlab``, where the process boundary matters (so it
-runs wherever the tests run, whether or not a console script is installed). Models are tiny (one LSTM layer of 16 units, batches of 4 x 8 characters)
-so that the whole file runs in seconds on a shared CPU.
+runs wherever the tests run, whether or not a console script is installed). Models are tiny (one
+LSTM layer of 16 units, batches of 4 x 8 characters) so that the whole file runs in seconds on a
+shared CPU.
 
 What each test proves is listed in docs/reliability.md.
 """

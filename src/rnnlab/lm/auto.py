@@ -88,6 +88,10 @@ def choose_dropout(epochs: float, params: int, chars: int) -> float:
     return round(min(MAX_DROPOUT, d) * 20) / 20
 
 
+def _amount(n: int) -> str:
+    return f"{n / 1e6:.2g} M" if n >= 1e6 else f"{n / 1e3:.3g} k" if n >= 1e4 else f"{n:,}"
+
+
 def apply_auto(cfg, given: set, corpus, cores: int | None = None) -> str:
     """Fill in ``cfg``'s options that are not in ``given`` (option names, e.g. ``"hidden"``) by the
     rule, in place; returns the line that says what was chosen (``""`` if nothing was)."""
@@ -130,7 +134,7 @@ def apply_auto(cfg, given: set, corpus, cores: int | None = None) -> str:
     if not chosen:
         return ""
     budget = f"{cfg.max_time:g} s" if cfg.max_time and not cfg.max_steps else f"{cfg.step_limit():,} steps"
-    line = (f"auto: {', '.join(chosen)} for {N / 1e6:.2g} M chars / {budget} "
+    line = (f"auto: {', '.join(chosen)} for {_amount(N)} chars / {budget} "
             f"(~{epochs(cfg.hidden, cfg.layers):.1f} epochs; give any option to override it)")
     cfg.extra = {**cfg.extra, "auto": line}
     cfg.validate()

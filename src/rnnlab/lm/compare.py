@@ -3,8 +3,9 @@
 Each model is trained by the common :class:`~rnnlab.lm.trainer.Trainer` (same data, same split,
 same optimiser, constant learning rate) into its own run directory ``OUT/<model>/``, so each can
 be sampled and evaluated afterwards. Every model's kernels are compiled before its clock starts,
-so a fresh install's compilation does not eat into the recurrent models' budgets alone. The result is one table — parameters, training speed, best
-validation loss in nats and bits per character — and a plot of validation loss against time.
+so a fresh install's compilation does not eat into the recurrent models' budgets alone. The
+result is one table — parameters, training speed, best validation loss in nats and bits per
+character — and a plot of validation loss against time.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Learning-rate schedules: each sets ``optimizer.lr`` from a step count, as
-``torch.optim.lr_scheduler`` does, or from the share of a time budget used. :class:`ConstantLR`, :class:`StepLR`, :class:`ExponentialLR`,
-:class:`CosineWithWarmup`; :data:`SCHEDULES` names them for :func:`make_schedule`."""
+``torch.optim.lr_scheduler`` does, or from the share of a time budget used. :class:`ConstantLR`,
+:class:`StepLR`, :class:`ExponentialLR`, :class:`CosineWithWarmup`; :data:`SCHEDULES` names them
+for :func:`make_schedule`."""
 from __future__ import annotations
 
 import inspect
