@@ -293,7 +293,7 @@ def test_training_validates_on_the_training_threads(tmp_path, monkeypatch, capsy
     # rnnlab eval plans from the run's --threads too, and scores as one thread does
     import json
 
-    from rnnlab.cli import _load_run
+    from rnnlab.cli.common import load_run as _load_run
     from rnnlab.lm.evaluate import evaluate
 
     calls.clear()
