@@ -98,6 +98,17 @@ def wait_for(condition, proc, timeout=60.0, what="the condition"):
         time.sleep(0.01)
 
 
+def file_bytes(root: Path) -> dict:
+    """Every file under ``root`` (the lock file left out: taking the lock is not damage) -> its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*"))
+            if p.is_file() and p.name != ".rnnlab.lock"}
+
+
+def temporaries(root: Path) -> list[str]:
+    """The temporary files of atomic writes under ``root``."""
+    return sorted(str(p) for p in Path(root).rglob("*.tmp"))
+
+
 def file_id(p: Path):
     try:
         st = p.stat()

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clitools import (RNNLAB, TINY, assert_one_line_error, assert_same_tensors, best_of, cli, last_of, run_cli,
-                      step_of, wait_for, write_texts)
+from clitools import (RNNLAB, TINY, assert_one_line_error, assert_same_tensors, best_of, cli, file_bytes, last_of,
+                      run_cli, step_of, wait_for, write_texts)
 
 import rnnlab.lm.trainer as trainer_mod
 from rnnlab.lm.checkpoint import load_checkpoint
@@ -38,11 +38,6 @@ from rnnlab.lm.trainer import Trainer
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
     return write_texts(tmp_path_factory.mktemp("texts"))
-
-
-def files(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*"))
-            if p.is_file() and p.name != ".rnnlab.lock"}
 
 
 def metrics(run: Path) -> list[dict]:
@@ -70,12 +65,12 @@ def test_resume_refuses_a_changed_option_naming_both_values(option, value, saved
     run = tmp_path / "run"
     assert cli(capsys, "train", texts["en"], "--out", run, *TINY, "--lr", "0.003", "--max-steps", "2",
                "--quiet")[0] == 0
-    before = files(run)
+    before = file_bytes(run)
     rc, out, err = cli(capsys, "train", texts["en"], "--out", run, "--resume", option,
                        *([] if value is None else [value]))
     shown = "on" if value is None else value
     assert_one_line_error(rc, out, err, f"{option} {shown} (the run has {saved})", "--force")
-    assert files(run) == before
+    assert file_bytes(run) == before
 
 
 def test_resume_or_start_is_one_command_for_every_start(texts, tmp_path, capsys):
@@ -224,12 +219,12 @@ def test_resume_with_a_spent_budget_says_so_and_changes_nothing(clock, texts, tm
     when the time already trained exceeds the new --max-time: now one clear line, exit 0."""
     run = tmp_path / "run"
     assert cli(capsys, "train", texts["en"], "--out", run, *TINY, "--max-time", "2", "--quiet")[0] == 0
-    before = files(run)
+    before = file_bytes(run)
     for limit in ("1", "2"):  # below and at the 2 s already trained
         rc, out, err = cli(capsys, "train", texts["en"], "--out", run, "--resume", "--max-time", limit)
         assert rc == 0 and err == "", err
         assert f"already reached its limit (2 s of --max-time {limit} s)" in out
-        assert files(run) == before
+        assert file_bytes(run) == before
     rc, out, err = cli(capsys, "train", texts["en"], "--out", run, "--resume", "--max-time", "3", "--quiet")
     assert rc == 0, err
     assert step_of(last_of(run)) == 12  # 4 more steps of 1/4 s
@@ -300,7 +295,7 @@ def test_resume_max_steps_after_sigkill(relation, killed_run, texts, tmp_path, c
             assert_same_tensors(which(run), which(ref))
     else:
         assert f"already reached its limit (step {done:,} of --max-steps {target:,})" in out
-        assert files(run) == files(killed)
+        assert file_bytes(run) == file_bytes(killed)
 
 
 @pytest.mark.parametrize("relation", ["below", "at", "above"])
@@ -316,7 +311,7 @@ def test_resume_max_time_after_sigkill(relation, killed_run, texts, tmp_path, ca
         assert meta["step"] > done and meta["elapsed"] >= limit
     else:
         assert "already reached its limit" in out and "--max-time" in out
-        assert files(run) == files(killed)
+        assert file_bytes(run) == file_bytes(killed)
 
 
 @pytest.mark.parametrize("relation, every", [("below", 1), ("at", 2), ("above", 3)])
@@ -374,4 +369,4 @@ def test_resume_device_after_sigkill(killed_run, texts, tmp_path, capsys):
         assert step_of(last_of(gpu_run)) == target
     else:
         assert_one_line_error(p.returncode, p.stdout, p.stderr, "cuda")
-        assert files(gpu_run) == files(killed)
+        assert file_bytes(gpu_run) == file_bytes(killed)

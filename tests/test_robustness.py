@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import (RNNLAB, assert_one_line_error, assert_same_tensors, cli, english_text, file_bytes, file_id,
+                      last_of, temporaries, wait_for)
 
 import rnnlab.io as rio
-from rnnlab.cli import main
 from rnnlab.io import read_jsonl
 from rnnlab.lm.checkpoint import load_checkpoint, save_checkpoint
 from rnnlab.lm.rundir import RunDir
@@ -32,79 +33,15 @@ from rnnlab.lm.trainer import read_run
 
 TINY = ["--model", "lstm", "--layers", "1", "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8",
         "--dropout", "0", "--quiet"]  # every size option given: no automatic choice (lm/auto.py) depends on --max-steps
-RNNLAB = [sys.executable, "-m", "rnnlab"]
 HAS_PROC = Path("/proc/self/status").is_file() and Path("/proc/self/fd").is_dir()
-WORDS = ("the cat sat on a mat and the dog ran far away then slept in the sun while a bird sang "
-         "of rivers hills and quiet roads").split()
 
 
 # ------------------------------------------------------------------------------------ helpers
-def english_text(n_words=1000, seed=0) -> str:
-    rng = np.random.default_rng(seed)
-    words = [WORDS[i] for i in rng.integers(0, len(WORDS), n_words)]
-    return "\n".join(" ".join(words[i:i + 9]) + "." for i in range(0, n_words, 9)) + "\n"
-
-
 @pytest.fixture
 def text(tmp_path) -> Path:
     p = tmp_path / "en.txt"
     p.write_text(english_text(), encoding="utf-8")
     return p
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def wait_for(condition, proc, timeout=60.0, what="the condition"):
-    """Poll ``condition()`` until true; fail if ``proc`` exits first or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"the process exited (status {proc.returncode}) before {what}: {err}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def file_id(p: Path):
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
-def temporaries(root: Path) -> list[str]:
-    return sorted(str(p) for p in root.rglob("*.tmp"))
-
-
-def file_bytes(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".rnnlab.lock"}
-
-
-def assert_same_tensors(a, b):
-    ta, tb = load_checkpoint(a)[0], load_checkpoint(b)[0]
-    assert sorted(ta) == sorted(tb)
-    for k in ta:
-        assert ta[k].dtype == tb[k].dtype and np.array_equal(ta[k], tb[k]), f"tensor {k} differs"
-
-
-def assert_one_line_error(rc, out, err, *words):
-    assert rc == 2, (rc, out, err)
-    assert err.startswith("rnnlab: ") and len(err.splitlines()) == 1, err
-    assert "Traceback" not in err and "internal error" not in err
-    for w in words:
-        assert w.lower() in err.lower(), f"{w!r} not in {err!r}"
-
-
-def last_of(run: Path) -> Path:
-    return run / "checkpoints" / "last.safetensors"
 
 
 # ------------------------------------------------------------------------------------ Ctrl-C and the lock
@@ -288,12 +225,15 @@ def test_sigkill_in_the_middle_of_writing_a_checkpoint(text, tmp_path, capsys):
 def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, clip, threads, text, tmp_path, capsys,
                                                                      monkeypatch):
     import rnnlab.lm.shards as shards
+    from rnnlab.lm.trainer import Trainer
 
     run = tmp_path / "run"
     real, calls, kept = shards.softmax_cross_entropy, [], {}
-    real_step, stepping = shards.BatchShards.step, []
+    real_step, stepping = Trainer.train_step, []
 
-    def step(self, *args, **kwargs):  # marks training steps (validation batches go through loss_sum)
+    # marks the trainer's steps: validation batches, and the kernels' warm-up before the clock
+    # starts (lm/warmup.py), also compute the loss
+    def step(self, *args, **kwargs):
         stepping.append(1)
         try:
             return real_step(self, *args, **kwargs)
@@ -315,7 +255,7 @@ def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, cli
         return loss, dlogits
 
     monkeypatch.setattr(shards, "softmax_cross_entropy", faulty)
-    monkeypatch.setattr(shards.BatchShards, "step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     rc, out, err = cli(capsys, "train", text, "--out", run, *TINY, "--clip", clip, "--max-steps", "10",
                        "--eval-every", "2", "--threads", str(threads))
     assert_one_line_error(rc, out, err, "training diverged at step 5", "kept unchanged", "lower --lr", "--clip")
