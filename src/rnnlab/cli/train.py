@@ -12,12 +12,15 @@ TRAIN_OPTIONS = [
     # flag, dest, type, help
     ("--model", "model", str, "rnn | lstm | gru | mlp | cnn | bigram (default lstm)"),
     ("--layers", "layers", _num(int, 1), "layers (default 2)"),
-    ("--hidden", "hidden", _num(int, 1), "hidden units; CNN channels (default 256)"),
+    ("--hidden", "hidden", _num(int, 1), "hidden units; CNN channels (default 256; with --max-time, the widest "
+                                         "that fits the budget and the text: see the auto: line)"),
     ("--embed", "embed", _num(int, 0), "embedding size, 0 = one-hot input (default 64)"),
-    ("--dropout", "dropout", _num(float, 0.0), "dropout between layers, in [0, 1) (default 0)"),
+    ("--dropout", "dropout", _num(float, 0.0), "dropout between layers, in [0, 1) (default: from the epochs the "
+                                               "run makes over its text, 0 below two)"),
     ("--context", "context", _num(int, 1), "characters the mlp model sees (default 8)"),
     ("--kernel", "kernel", _num(int, 1), "cnn kernel size (default 2)"),
-    ("--seq-len", "seq_len", _num(int, 1), "truncated-BPTT length in stream mode (default 100)"),
+    ("--seq-len", "seq_len", _num(int, 1), "truncated-BPTT length in stream mode (default 100, shorter for a "
+                                           "small text)"),
     ("--batch", "batch", _num(int, 1), "parallel streams or items per step (default 32)"),
     ("--optimizer", "optimizer", str, "sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw (default adam)"),
     ("--lr", "lr", _num(float, 0.0, lo_open=True), "learning rate (default 3e-3)"),
