@@ -20,7 +20,8 @@ from rnnlab.optim import make_optimizer
 
 OURS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 HAVE_NUMBA = cells.numba_enabled()
-needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (pip install 'rnnlab[fast]')")
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA,
+                                 reason="numba cannot be loaded here (a dependency of rnnlab: pip install numba)")
 
 
 def rel(a, b) -> float:

@@ -24,7 +24,7 @@ def cmd_sample(args) -> int:
         known = _training_lines(cfg, data, vocab)
         for _ in range(args.num):
             item = generate(model, vocab, prime=args.prime or "", length=args.length, temperature=args.temperature,
-                            top_k=args.top_k, rng=rng, lines=True, emit=lambda s: None)
+                            top_k=args.top_k, top_p=args.top_p, rng=rng, lines=True, emit=lambda s: None)
             mark = "" if known is None else ("  (in training data)" if item in known else "")
             out.write(item + mark + "\n")
             out.flush()
@@ -47,7 +47,7 @@ def cmd_sample(args) -> int:
                 buf.clear()
 
         generate(model, vocab, prime=prime, length=args.length, temperature=args.temperature, top_k=args.top_k,
-                 rng=rng, lines=False, emit=emit)
+                 top_p=args.top_p, rng=rng, lines=False, emit=emit)
         out.write("".join(buf) + "\n")
         out.flush()
     return 0
@@ -139,6 +139,9 @@ def register(sub) -> None:
     s.add_argument("--num", type=_num(int, 1), default=1, help="number of samples (default 1)")
     s.add_argument("--temperature", type=_num(float, 0.0), default=1.0, help="0 = greedy (default 1.0)")
     s.add_argument("--top-k", type=_num(int, 0), default=0, help="sample among the k likeliest, 0 = all")
+    s.add_argument("--top-p", type=_num(float, 0.0, 1.0, lo_open=True), default=1.0,
+                   help="sample from the nucleus: the fewest likeliest characters whose probabilities add up to at "
+                        "least p, in (0, 1] (default 1 = all)")
     s.add_argument("--seed", type=_num(int, 0), default=None, help="random seed")
     s.add_argument("--checkpoint", choices=["best", "last"], default="best")
     s.set_defaults(func=cmd_sample)

@@ -13,6 +13,9 @@ from ..errors import RnnlabError
 from ..models import MODEL_KINDS
 from ..optim import OPTIMIZERS, SCHEDULES
 
+DEFAULT_MAX_STEPS = 3000
+"""The step limit of a run given neither ``max_steps`` nor ``max_time``."""
+
 
 @dataclass
 class TrainConfig:
@@ -32,8 +35,8 @@ class TrainConfig:
     min_lr: float = 1e-4           # where the cosine schedule ends
     weight_decay: float = 0.0
     clip: float = 1.0              # global gradient-norm clipping (0 = off)
-    max_steps: int = 3000
-    max_time: float = 0.0          # seconds of training (0 = no limit); whichever comes first
+    max_steps: int = 0             # steps of training (0 = none with max_time, else DEFAULT_MAX_STEPS)
+    max_time: float = 0.0          # seconds of training (0 = no limit); whichever limit comes first
     eval_every: int = 250          # steps between validation passes and checkpoints
     val_frac: float = 0.05
     test_frac: float = 0.05
@@ -75,7 +78,7 @@ class TrainConfig:
 
         need(self.model in MODEL_KINDS, "model", f"must be one of {', '.join(MODEL_KINDS)}")
         for opt, lo, hi in (("layers", 1, 64), ("hidden", 1, 65536), ("context", 1, 4096), ("kernel", 1, 64),
-                            ("seq_len", 1, 100000), ("batch", 1, 100000), ("max_steps", 1, 10**9),
+                            ("seq_len", 1, 100000), ("batch", 1, 100000), ("max_steps", 0, 10**9),
                             ("eval_every", 1, 10**9), ("warmup", 0, 10**9)):
             need(lo <= getattr(self, opt) <= hi, opt, f"must be an integer in [{lo}, {hi}]")
         need(0 <= self.embed <= 65536, "embed", "must be in [0, 65536] (0 = one-hot input)")
@@ -94,6 +97,13 @@ class TrainConfig:
         need(0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
         need(0 <= self.threads <= 1024, "threads", "must be an integer in [0, 1024] (0 = automatic)")
         return self
+
+    def step_limit(self) -> int | None:
+        """The steps the run may take: ``max_steps``; when that is 0, none with a time limit
+        (the run trains for ``max_time``) and :data:`DEFAULT_MAX_STEPS` without one."""
+        if self.max_steps:
+            return self.max_steps
+        return None if self.max_time else DEFAULT_MAX_STEPS
 
     def model_config(self, vocab_size: int) -> dict:
         """Keyword arguments for :func:`rnnlab.models.build_model`."""
