@@ -145,6 +145,16 @@ class Optimizer:
         self.lr = float(lr)
         self.step_count = 0
         self.slots: dict[str, dict] = {}
+        self.no_decay: frozenset = frozenset()
+
+    def exclude_from_decay(self, names) -> None:
+        """Exempt the parameters ``names`` from weight decay (e.g. biases and LayerNorm gains, so
+        that decay acts on matrices only). A property of the model, not saved in the state."""
+        names = frozenset(names)
+        unknown = sorted(names - set(self.params))
+        if unknown:
+            raise ValueError(f"exclude_from_decay: no parameters named {unknown}")
+        self.no_decay = names
 
     def _finish_init(self) -> None:
         """Validate the hyper-parameters and allocate the slots (end of subclass ``__init__``)."""
@@ -164,9 +174,10 @@ class Optimizer:
         """The initial value of one slot for one parameter (zeros unless overridden)."""
         return backend.array_module(param).zeros_like(param)
 
-    def _update(self, param, grad, state: dict, t: int) -> None:
+    def _update(self, param, grad, state: dict, t: int, wd: float) -> None:
         """Update ``param`` in place from ``grad``; ``state`` maps slot names to this
-        parameter's slot arrays; ``t`` is the step number (1 for the first step)."""
+        parameter's slot arrays; ``t`` is the step number (1 for the first step); ``wd`` is the
+        weight decay for this parameter (the optimizer's, or 0 for one in :attr:`no_decay`)."""
         raise NotImplementedError
 
     # -- the loop ----------------------------------------------------------------------------
@@ -182,7 +193,8 @@ class Optimizer:
         t = self.step_count
         for key, param in self.params.items():
             state = {slot: arrays[key] for slot, arrays in self.slots.items()}
-            self._update(param, self.grads[key], state, t)
+            wd = 0.0 if key in self.no_decay else float(getattr(self, "weight_decay", 0.0))
+            self._update(param, self.grads[key], state, t, wd)
 
     def zero_grad(self) -> None:
         """Set every gradient to zero, in place."""
@@ -350,9 +362,9 @@ class SGD(Optimizer):
     def _slot_names(self):
         return ("momentum_buffer",) if self.momentum != 0.0 else ()
 
-    def _update(self, param, grad, state, t):
-        if self.weight_decay != 0.0:
-            grad = grad + self.weight_decay * param
+    def _update(self, param, grad, state, t, wd):
+        if wd != 0.0:
+            grad = grad + wd * param
         if self.momentum != 0.0:
             buf = state["momentum_buffer"]
             if t == 1:
@@ -413,10 +425,10 @@ class Adagrad(Optimizer):
     def _init_slot(self, slot, param):
         return backend.array_module(param).full_like(param, self.initial_accumulator_value)
 
-    def _update(self, param, grad, state, t):
+    def _update(self, param, grad, state, t, wd):
         xp = backend.array_module(param)
-        if self.weight_decay != 0.0:
-            grad = grad + self.weight_decay * param
+        if wd != 0.0:
+            grad = grad + wd * param
         step_lr = self.lr / (1.0 + (t - 1) * self.lr_decay)
         accumulator = state["sum"]
         accumulator += grad * grad
@@ -479,10 +491,10 @@ class RMSprop(Optimizer):
             names += ("grad_avg",)
         return names
 
-    def _update(self, param, grad, state, t):
+    def _update(self, param, grad, state, t, wd):
         xp = backend.array_module(param)
-        if self.weight_decay != 0.0:
-            grad = grad + self.weight_decay * param
+        if wd != 0.0:
+            grad = grad + wd * param
         square_avg = state["square_avg"]
         square_avg *= self.alpha
         square_avg += (1.0 - self.alpha) * grad * grad
@@ -552,18 +564,18 @@ class Adam(Optimizer):
     def _slot_names(self):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
-    def _update(self, param, grad, state, t):
+    def _update(self, param, grad, state, t, wd):
         xp = backend.array_module(param)
         beta1, beta2 = self.betas
         fk = _fused_kernels(xp, param, state.values())
         if fk is not None:  # the same update as below, one compiled pass (numba)
-            self._fused_update(fk, param, grad, state, t)
+            self._fused_update(fk, param, grad, state, t, wd)
             return
-        if self.weight_decay != 0.0:
+        if wd != 0.0:
             if self.decoupled_weight_decay:
-                param *= 1.0 - self.lr * self.weight_decay
+                param *= 1.0 - self.lr * wd
             else:
-                grad = grad + self.weight_decay * param
+                grad = grad + wd * param
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(exp_avg, grad, 1.0 - beta1)
         exp_avg_sq *= beta2
@@ -582,12 +594,11 @@ class Adam(Optimizer):
         denom += self.eps
         param -= step_size * (exp_avg / denom)
 
-    def _fused_update(self, fk, param, grad, state, t):
+    def _fused_update(self, fk, param, grad, state, t, wd):
         """:meth:`_update` as one numba loop; scalars are cast to the parameter's dtype the way
         NumPy casts Python scalars, so both paths round alike."""
         beta1, beta2 = self.betas
         c = param.dtype.type
-        wd = self.weight_decay
         decay = c(1.0 - self.lr * wd) if (wd != 0.0 and self.decoupled_weight_decay) else c(1.0)
         coupled = c(wd) if (wd != 0.0 and not self.decoupled_weight_decay) else c(0.0)
         w1 = 1.0 - beta1

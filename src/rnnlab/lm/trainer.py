@@ -112,6 +112,7 @@ class Trainer:
         self.model = build_model(cfg.model_config(corpus.vocab.size), rng=self.rng)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.params, self.model.grads, lr=cfg.lr,
                                         **({"weight_decay": cfg.weight_decay} if cfg.weight_decay else {}))
+        self.optimizer.exclude_from_decay(self.model.no_decay())  # e.g. the transformer decays matrices only
         self.schedule = self._make_schedule()
         train = corpus.split.train
         if corpus.mode == "lines":
@@ -242,7 +243,7 @@ class Trainer:
             raise _Diverged(f"the gradient norm became {norm}", self.step + 1)
         self.optimizer.step()
         self.schedule.step()
-        if self.corpus.mode != "lines":
+        if self.corpus.mode != "lines" and self.model.carries_state:
             self.state = state_n
         self.step += 1
         return loss

@@ -1,4 +1,5 @@
-"""Character-level recurrent language model: embedding -> RNN | LSTM | GRU -> linear read-out.
+"""Character-level recurrent language model: embedding -> RNN | LSTM | GRU | minGRU | minLSTM ->
+linear read-out.
 
 ::
 
@@ -15,10 +16,11 @@ import numpy as np
 from .. import backend
 from ..nn.embedding import Embedding
 from ..nn.linear import Linear
+from ..nn.minrnn import MinGRU, MinLSTM
 from ..nn.recurrent import GRU, LSTM, RNN
 from .base import LanguageModel
 
-CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "mingru": MinGRU, "minlstm": MinLSTM}
 
 
 class RecurrentLM(LanguageModel):
