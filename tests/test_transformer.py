@@ -27,6 +27,21 @@ from rnnlab.nn.transformer import TransformerBlock  # noqa: E402
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 
 
+@pytest.fixture(params=["compiled", "ufunc"])
+def kernels(request, monkeypatch):
+    """Run a test with the numba kernels of GELU and LayerNorm (when available) and without."""
+    import rnnlab.nn.gelu
+    import rnnlab.nn.layernorm
+    from rnnlab.nn.cells import compiled_module
+
+    if request.param == "ufunc":
+        for mod in (rnnlab.nn.gelu, rnnlab.nn.layernorm):
+            monkeypatch.setattr(mod, "compiled_module", lambda xp, dtype, name: None)
+    elif compiled_module(np, np.float64, "fused_transformer") is None:
+        pytest.skip("numba is not installed")
+    return request.param
+
+
 def rel(a, ref) -> float:
     a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
     assert a.shape == ref.shape, (a.shape, ref.shape)
@@ -55,7 +70,7 @@ def assert_grads(errs, tol=1e-6):
 
 # ------------------------------------------------------------------------------------- LayerNorm, GELU
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_layernorm_matches_torch(dtype):
+def test_layernorm_matches_torch(dtype, kernels):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((5, 3, 8)) * 3 + 1).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
@@ -76,7 +91,7 @@ def test_layernorm_matches_torch(dtype):
         assert rel(a, b.detach().numpy()) <= TOL[dtype]
 
 
-def test_layernorm_gradcheck():
+def test_layernorm_gradcheck(kernels):
     rng = np.random.default_rng(1)
     ln = LayerNorm(6, dtype=np.float64)
     ln.params["weight"][...] = rng.standard_normal(6)
@@ -85,7 +100,7 @@ def test_layernorm_gradcheck():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_gelu_matches_torch_tanh_approximation(dtype):
+def test_gelu_matches_torch_tanh_approximation(dtype, kernels):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((7, 9)) * 4).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
@@ -187,7 +202,7 @@ def _randomise(module, rng, scale=0.3):
                                                          else 0.0)
 
 
-def test_block_matches_a_torch_block():
+def test_block_matches_a_torch_block(kernels):
     rng = np.random.default_rng(5)
     blk = TransformerBlock(8, 2, n_layers=2, dtype=np.float64, rng=rng)
     _randomise(blk, rng)

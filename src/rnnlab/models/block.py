@@ -33,6 +33,7 @@ class BlockLM(LanguageModel):
     """Base class: ``block`` = ``K``, the size of the position table."""
 
     carries_state = False
+    split_rows = True  # the batch's rows run on one thread per core (lm/shards.py)
 
     def __init__(self, vocab_size: int, block: int, dtype=np.float32) -> None:
         super().__init__(vocab_size, dtype)

@@ -47,6 +47,11 @@ class RecurrentLM(LanguageModel):
         self.out = self.add_child("out", Linear(self.hidden, vocab_size, dtype=dtype, rng=rng,
                                                 name_w="W_hy", name_b="b_y"))
 
+    @property
+    def split_rows(self) -> bool:
+        """minGRU/minLSTM: one shard per core (their compiled scans run on one core each)."""
+        return self.cell in ("mingru", "minlstm")
+
     def config(self) -> dict:
         return {"model": self.cell, "vocab_size": self.vocab_size, "hidden": self.hidden,
                 "layers": self.layers, "embed": self.embed_dim, "dropout": self.dropout,

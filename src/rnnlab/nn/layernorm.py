@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import RnnlabError
+from .cells import compiled_module
 from .module import Module
 
 
@@ -45,6 +46,13 @@ class LayerNorm(Module):
             raise ValueError(f"LayerNorm expects (..., {self.C}) input, got {tuple(x.shape)}")
         xp = backend.array_module(x)
         x2 = x.reshape(-1, self.C)  # (N, C)
+        fk = compiled_module(xp, x.dtype, "fused_transformer")
+        if fk is not None and x2.dtype == self.params["weight"].dtype:  # one pass per row (numba)
+            x2 = xp.ascontiguousarray(x2)
+            y, xhat = xp.empty_like(x2), xp.empty_like(x2)
+            r = xp.empty((x2.shape[0], 1), x2.dtype)
+            fk.layernorm_forward(x2, self.params["weight"], self.params["bias"], self.eps, y, xhat, r)
+            return y.reshape(x.shape), (xhat, r)
         xhat = x2 - x2.mean(axis=1, keepdims=True)  # (N, C)
         var = xp.einsum("nc,nc->n", xhat, xhat)[:, None] / self.C  # (N, 1)
         r = 1.0 / xp.sqrt(var + self.eps)  # (N, 1)
@@ -58,6 +66,12 @@ class LayerNorm(Module):
         xhat, r = cache
         xp = backend.array_module(dy)
         dy2 = dy.reshape(-1, self.C)  # (N, C)
+        fk = compiled_module(xp, dy.dtype, "fused_transformer")
+        if fk is not None and dy2.dtype == xhat.dtype:  # one pass per row (numba)
+            dx = xp.empty_like(xhat)
+            fk.layernorm_backward(xp.ascontiguousarray(dy2), xhat, r, self.params["weight"], dx,
+                                  self.grads["weight"], self.grads["bias"])
+            return dx.reshape(dy.shape)
         self.grads["weight"] += xp.einsum("nc,nc->c", dy2, xhat)
         self.grads["bias"] += dy2.sum(axis=0)
         dxhat = dy2 * self.params["weight"]  # (N, C)

@@ -61,7 +61,7 @@ import numpy as np
 from .. import backend
 from . import init as winit
 from .activations import sigmoid
-from .cells import fused_kernels
+from .cells import compiled_module
 from .embedding import check_ids, gather_rows, scatter_add_rows
 from .module import Module
 from .recurrent import _Ids, _gemm_add
@@ -75,11 +75,7 @@ SCANS = ("auto", "sequential", "log")
 def compiled_kernels(xp, dtype):
     """:mod:`rnnlab.nn.fused_minrnn` for NumPy float32/float64 arrays when numba is in use
     (:func:`rnnlab.nn.cells.numba_enabled`), else None."""
-    if fused_kernels(xp, dtype) is None:
-        return None
-    from . import fused_minrnn
-
-    return fused_minrnn
+    return compiled_module(xp, dtype, "fused_minrnn")
 
 
 def _ws(xp, shape, dtype):
