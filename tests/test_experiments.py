@@ -299,6 +299,19 @@ def test_context_mlp_parameters_grow_with_k_and_more_context_helps(tmp_path):
 def test_compare_runs_every_model_kind_under_a_budget(tmp_path):
     res = ex.run("compare", tmp_path, quick=True, seeds=1, budget=1.0)
     rows = {r["model"]: r for r in res.tables["main"]}
-    assert set(rows) == {"bigram", "mlp", "cnn", "rnn", "lstm", "gru"}
+    assert set(rows) == {"bigram", "mlp", "cnn", "bow", "rnn", "lstm", "gru", "mingru", "minlstm", "transformer"}
     assert all(r["parameters"] > 0 and math.isfinite(r["val_bpc_mean"]) for r in rows.values())
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_parallel_measures_every_model_at_every_length(tmp_path):
+    res = ex.run("parallel", tmp_path, quick=True, seeds=1)
+    rows = res.data["rows"]
+    from rnnlab.experiments.parallel import MODELS, QUICK
+
+    assert {(r["model"], r["T"]) for r in rows} == {(m, T) for m in MODELS for T in QUICK.lengths}
+    for m in MODELS:  # every model's activations grow with the sequence, so its traced peak does too
+        peaks = [r["peak_mb"] for r in rows if r["model"] == m]
+        assert all(b > a > 0 for a, b in zip(peaks, peaks[1:])), (m, peaks)
+    assert all(r["step_ms_mean"] > 0 and r["chars_per_s"] > 0 for r in rows)
+    assert {p.name for p in tmp_path.iterdir()} >= {"parallel.md", "parallel.csv", "parallel.png"}

@@ -13,6 +13,7 @@ name           question                                                         
 ``sharing``    parameters and FLOPs as the sequence grows: sharing over time           sharing.py
 ``context``    bits/char of the window MLP (K = 1..16) vs RNN/LSTM/GRU on real text      context.py
 ``compare``    every model kind under the same time budget on real text               compare.py
+``parallel``   training-step time and memory vs sequence length: recurrence vs scan   parallel.py
 =============  =====================================================================  ==========
 
 ``rnnlab experiment NAME [--out DIR] [--quick] [--seeds N]`` is :func:`cli_main`; the experiments in
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from ..errors import RnnlabError
 
-IMPLEMENTED = ("length", "memory", "gradients", "sharing", "context", "compare")
+IMPLEMENTED = ("length", "memory", "gradients", "sharing", "context", "compare", "parallel")
 DEFAULT_OUT = "runs/experiments"  # runs/ is git-ignored
 PARALLEL = {"memory", "gradients", "length", "context"}
 """Experiments whose trials run on :mod:`rnnlab.trials` (``--workers``, ``--backend``, ``--resume``)."""

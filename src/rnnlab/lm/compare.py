@@ -5,7 +5,8 @@ same optimiser, constant learning rate) into its own run directory ``OUT/<model>
 be sampled and evaluated afterwards. Every model's kernels are compiled before its clock starts,
 so a fresh install's compilation does not eat into the recurrent models' budgets alone. The
 result is one table — parameters, training speed, best validation loss in nats and bits per
-character — and a plot of validation loss against time.
+character, and the test loss of the best checkpoint when the split has a test part — and a plot
+of validation loss against time.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ COMPARE_SIZES = {
     "rnn": {"embed": 64, "hidden": 256, "layers": 1},
     "lstm": {"embed": 64, "hidden": 192, "layers": 1},
     "gru": {"embed": 64, "hidden": 192, "layers": 1},
+    "mingru": {"embed": 64, "hidden": 256, "layers": 2},
+    "minlstm": {"embed": 64, "hidden": 256, "layers": 2},
+    "bow": {"embed": 64, "hidden": 256},
+    "transformer": {"hidden": 96, "layers": 3, "heads": 4},
 }
 
 
@@ -63,6 +68,7 @@ def train_with_budget(cfg: TrainConfig, corpus: Corpus, out: Path, budget: float
         trainer.elapsed = time.perf_counter() - t0
         cfg.eval_every = max(1, int(budget / per_step / evals))
         result = trainer.fit()
+        test = _test_loss(trainer)
     records = read_jsonl(run.metrics)
     curve = [(r["time"], r["val_loss"]) for r in records if isinstance(r.get("val_loss"), (int, float))]
     chars_per_step = cfg.batch * cfg.seq_len if corpus.mode == "stream" else None
@@ -70,7 +76,22 @@ def train_with_budget(cfg: TrainConfig, corpus: Corpus, out: Path, budget: float
     return {"model": cfg.model, "parameters": trainer.model.num_params(), "steps": result.step,
             "chars_per_s": cps, "best_val": result.best_val,
             "bits_per_char": result.best_val / math.log(2) if math.isfinite(result.best_val) else math.nan,
-            "curve": curve, "run": str(out)}
+            "test_loss": test, "curve": curve, "run": str(out)}
+
+
+def _test_loss(trainer) -> float:
+    """The test split's loss (nats/char) under the best checkpoint, NaN without a test split."""
+    from .evaluate import evaluate
+    from .shards import BatchShards
+    from .trainer import load_model_weights
+
+    test, best = trainer.corpus.split.test, trainer.run.checkpoint_path("best")
+    if not len(test) or not best.is_file():
+        return math.nan
+    load_model_weights(trainer.model, best)
+    with BatchShards(trainer.model, trainer.shards) as shards:
+        return evaluate(trainer.model, test, trainer.corpus.mode, trainer.cfg.batch, trainer.cfg.seq_len,
+                        shards=shards)["loss_nats"]
 
 
 def compare(corpus: Corpus, models: list[str], budget: float, out: Path, base: TrainConfig,
@@ -89,11 +110,11 @@ def compare(corpus: Corpus, models: list[str], budget: float, out: Path, base: T
 
 def table_markdown(rows: list[dict], budget: float, corpus: Corpus) -> str:
     lines = [f"Budget {budget:g} s per model on {corpus.source} ({corpus.describe()}).", "",
-             "| model | parameters | steps | chars/s | best val loss (nats/char) | bits/char |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| model | parameters | steps | chars/s | best val loss (nats/char) | bits/char | test loss |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['parameters']:,} | {r['steps']:,} | {r['chars_per_s']:,.0f} | "
-                     f"{r['best_val']:.4f} | {r['bits_per_char']:.4f} |")
+                     f"{r['best_val']:.4f} | {r['bits_per_char']:.4f} | {r.get('test_loss', math.nan):.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,10 +126,10 @@ def write_report(rows: list[dict], budget: float, out: Path, corpus: Corpus) -> 
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "parameters", "steps", "chars_per_s", "best_val_nats", "bits_per_char"])
+    w.writerow(["model", "parameters", "steps", "chars_per_s", "best_val_nats", "bits_per_char", "test_nats"])
     for r in rows:
         w.writerow([r["model"], r["parameters"], r["steps"], f"{r['chars_per_s']:.1f}", f"{r['best_val']:.6f}",
-                    f"{r['bits_per_char']:.6f}"])
+                    f"{r['bits_per_char']:.6f}", f"{r.get('test_loss', math.nan):.6f}"])
     atomic_write_text(out / "compare.csv", buf.getvalue())
     _plot(rows, out / "compare.png")
 

@@ -15,18 +15,25 @@ from ..optim import OPTIMIZERS, SCHEDULES
 
 DEFAULT_MAX_STEPS = 3000
 """The step limit of a run given neither ``max_steps`` nor ``max_time``."""
+RECURRENT = ("rnn", "lstm", "gru", "mingru", "minlstm")
+
+
+def _divisor_near(n: int, k: int) -> int:
+    """The divisor of ``n`` closest to ``k`` (a suggestion for --heads)."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
 
 
 @dataclass
 class TrainConfig:
-    model: str = "lstm"            # rnn | lstm | gru | mlp | cnn | bigram
+    model: str = "lstm"            # rnn | lstm | gru | mingru | minlstm | mlp | cnn | bigram | bow | transformer
     layers: int = 2                # recurrent layers / MLP hidden layers / CNN conv layers
-    hidden: int = 256              # hidden units (recurrent H, MLP width, CNN channels)
+    hidden: int = 256              # hidden units (recurrent H, MLP width, CNN channels, BoW MLP, transformer width)
     embed: int = 64                # embedding size (0 = one-hot input for the recurrent models)
     dropout: float = 0.0           # between recurrent layers and before the read-out
     context: int = 8               # K: characters the MLP sees
     kernel: int = 2                # CNN kernel size (dilations 1, 2, 4, ...)
-    seq_len: int = 100             # truncated-BPTT length (stream mode)
+    seq_len: int = 100             # truncated-BPTT length (stream mode); the block of bow and transformer
+    heads: int = 4                 # attention heads of the transformer (must divide --hidden)
     batch: int = 32                # parallel streams / items per batch
     optimizer: str = "adam"
     lr: float = 3e-3
@@ -82,8 +89,13 @@ class TrainConfig:
                             ("eval_every", 1, 10**9), ("warmup", 0, 10**9)):
             need(lo <= getattr(self, opt) <= hi, opt, f"must be an integer in [{lo}, {hi}]")
         need(0 <= self.embed <= 65536, "embed", "must be in [0, 65536] (0 = one-hot input)")
-        need(self.embed > 0 or self.model in ("rnn", "lstm", "gru", "bigram"), "embed",
-             "must be positive for the mlp and cnn models")
+        need(self.embed > 0 or self.model in RECURRENT + ("bigram", "transformer"), "embed",
+             "must be positive for the mlp, cnn and bow models")
+        need(1 <= self.heads <= 4096, "heads", "must be an integer in [1, 4096]")
+        if self.model == "transformer" and self.hidden % self.heads:
+            raise RnnlabError(f"--heads {self.heads} does not divide the transformer's width --hidden {self.hidden}: "
+                              f"each head gets --hidden / --heads channels; use e.g. --heads "
+                              f"{_divisor_near(self.hidden, self.heads)} or a --hidden that is a multiple of {self.heads}")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number, e.g. 3e-3")
         need(math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, --lr]")
@@ -108,8 +120,13 @@ class TrainConfig:
     def model_config(self, vocab_size: int) -> dict:
         """Keyword arguments for :func:`rnnlab.models.build_model`."""
         base = {"model": self.model, "vocab_size": vocab_size, "dtype": self.dtype}
-        if self.model in ("rnn", "lstm", "gru"):
+        if self.model in RECURRENT:
             return {**base, "hidden": self.hidden, "layers": self.layers, "embed": self.embed, "dropout": self.dropout}
+        if self.model == "transformer":  # the block is the training chunk: --seq-len
+            return {**base, "hidden": self.hidden, "layers": self.layers, "heads": self.heads, "block": self.seq_len,
+                    "dropout": self.dropout}
+        if self.model == "bow":
+            return {**base, "embed": self.embed, "hidden": self.hidden, "block": self.seq_len}
         if self.model == "mlp":
             return {**base, "context": self.context, "embed": self.embed, "hidden": self.hidden,
                     "layers": self.layers, "dropout": self.dropout}

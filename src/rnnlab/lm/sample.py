@@ -9,7 +9,10 @@ At each step the model's logits ``z (V,)`` for the next character become probabi
            (after temperature and top-k) add up to at least p; then renormalised
            (Holtzman et al. 2020)
 
-The state after the priming text is carried forward; each new character is fed back in.
+The state after the priming text is carried forward; each new character is fed back in. A block
+model (the Transformer, the bag-of-words model) sees at most its block of ``K`` characters: its
+state is the last ``K - 1`` of them, so past the block generation crops to the last ``K``, as
+nanoGPT does (and a longer priming text is cut to its last ``K`` characters).
 Characters are handed to a callback as they are produced, so nothing but the model's state is
 kept, however long the sample.
 """
@@ -65,6 +68,9 @@ def generate(model, vocab, *, prime: str = "", length: int = 500, temperature: f
         if not prime:
             raise RnnlabError("stream-mode sampling needs priming text (--prime)")
         ids = np.asarray(vocab.encode(prime, what="--prime")).tolist()
+    block = getattr(model, "block", None)
+    if block is not None and len(ids) > block:  # a block model sees the last `block` characters only
+        ids = ids[-block:]
     x = xp.asarray(np.asarray(ids, np.int64).reshape(-1, 1))  # (T_prime, 1)
     logits, state, _ = model.forward(x, None)
     last = backend.to_numpy(logits[-1, 0])

@@ -130,6 +130,7 @@ class Trainer:
         self.model = build_model(cfg.model_config(corpus.vocab.size), rng=self.rng)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.params, self.model.grads, lr=cfg.lr,
                                         **({"weight_decay": cfg.weight_decay} if cfg.weight_decay else {}))
+        self.optimizer.exclude_from_decay(self.model.no_decay())  # e.g. the transformer decays matrices only
         self.schedule = self._make_schedule()
         train = corpus.split.train
         if corpus.mode == "lines":
@@ -305,7 +306,7 @@ class Trainer:
         if not math.isfinite(norm):
             raise _Diverged(f"the gradient norm became {norm}", self.step + 1)
         self.optimizer.step()
-        if self.corpus.mode != "lines":
+        if self.corpus.mode != "lines" and self.model.carries_state:
             self.state = state_n
         self.step += 1
         self.schedule.step(self.budget_share())  # the rate for the next step

@@ -95,6 +95,17 @@ def fused_kernels(xp, dtype):
     return None
 
 
+def compiled_module(xp, dtype, name: str):
+    """The numba kernel module ``rnnlab.nn.<name>`` (e.g. ``fused_minrnn``) for NumPy
+    float32/float64 arrays when :func:`fused_kernels` applies, else ``None``; imported (and so
+    compiled) on first use, never at ``import rnnlab``."""
+    if fused_kernels(xp, np.dtype(dtype)) is None:
+        return None
+    import importlib
+
+    return importlib.import_module(f".{name}", __package__)
+
+
 def sequence_loops(xp, dtype):
     """The compiled whole-sequence loops of :mod:`rnnlab.nn.timeloop` (GEMM and step kernel of
     every time step in one call without the GIL) for NumPy float32/float64 arrays when the numba

@@ -108,6 +108,16 @@ class Optimizer:
         self.lr = float(lr)
         self.step_count = 0
         self.slots: dict[str, dict] = {}
+        self.no_decay: frozenset = frozenset()
+
+    def exclude_from_decay(self, names) -> None:
+        """Exempt the parameters ``names`` from weight decay (e.g. biases and LayerNorm gains, so
+        that decay acts on matrices only). A property of the model, not saved in the state."""
+        names = frozenset(names)
+        unknown = sorted(names - set(self.params))
+        if unknown:
+            raise ValueError(f"exclude_from_decay: no parameters named {unknown}")
+        self.no_decay = names
 
     def _finish_init(self) -> None:
         """Validate the hyper-parameters and allocate the slots (end of subclass ``__init__``)."""
@@ -127,9 +137,10 @@ class Optimizer:
         """The initial value of one slot for one parameter (zeros unless overridden)."""
         return backend.array_module(param).zeros_like(param)
 
-    def _update(self, param, grad, state: dict, t: int) -> None:
+    def _update(self, param, grad, state: dict, t: int, wd: float) -> None:
         """Update ``param`` in place from ``grad``; ``state`` maps slot names to this
-        parameter's slot arrays; ``t`` is the step number (1 for the first step)."""
+        parameter's slot arrays; ``t`` is the step number (1 for the first step); ``wd`` is the
+        weight decay for this parameter (the optimizer's, or 0 for one in :attr:`no_decay`)."""
         raise NotImplementedError
 
     # -- the loop ----------------------------------------------------------------------------
@@ -145,7 +156,8 @@ class Optimizer:
         t = self.step_count
         for key, param in self.params.items():
             state = {slot: arrays[key] for slot, arrays in self.slots.items()}
-            self._update(param, self.grads[key], state, t)
+            wd = 0.0 if key in self.no_decay else float(getattr(self, "weight_decay", 0.0))
+            self._update(param, self.grads[key], state, t, wd)
 
     def zero_grad(self) -> None:
         """Set every gradient to zero, in place."""

@@ -64,9 +64,9 @@ class SGD(Optimizer):
     def _slot_names(self):
         return ("momentum_buffer",) if self.momentum != 0.0 else ()
 
-    def _update(self, param, grad, state, t):
-        if self.weight_decay != 0.0:
-            grad = grad + self.weight_decay * param
+    def _update(self, param, grad, state, t, wd):
+        if wd != 0.0:
+            grad = grad + wd * param
         if self.momentum != 0.0:
             buf = state["momentum_buffer"]
             if t == 1:
@@ -127,10 +127,10 @@ class Adagrad(Optimizer):
     def _init_slot(self, slot, param):
         return backend.array_module(param).full_like(param, self.initial_accumulator_value)
 
-    def _update(self, param, grad, state, t):
+    def _update(self, param, grad, state, t, wd):
         xp = backend.array_module(param)
-        if self.weight_decay != 0.0:
-            grad = grad + self.weight_decay * param
+        if wd != 0.0:
+            grad = grad + wd * param
         step_lr = self.lr / (1.0 + (t - 1) * self.lr_decay)
         accumulator = state["sum"]
         accumulator += grad * grad
@@ -193,10 +193,10 @@ class RMSprop(Optimizer):
             names += ("grad_avg",)
         return names
 
-    def _update(self, param, grad, state, t):
+    def _update(self, param, grad, state, t, wd):
         xp = backend.array_module(param)
-        if self.weight_decay != 0.0:
-            grad = grad + self.weight_decay * param
+        if wd != 0.0:
+            grad = grad + wd * param
         square_avg = state["square_avg"]
         square_avg *= self.alpha
         square_avg += (1.0 - self.alpha) * grad * grad
@@ -266,18 +266,18 @@ class Adam(Optimizer):
     def _slot_names(self):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
-    def _update(self, param, grad, state, t):
+    def _update(self, param, grad, state, t, wd):
         xp = backend.array_module(param)
         beta1, beta2 = self.betas
         fk = _fused_kernels(xp, param, state.values())
         if fk is not None:  # the same update as below, one compiled pass (numba)
-            self._fused_update(fk, param, grad, state, t)
+            self._fused_update(fk, param, grad, state, t, wd)
             return
-        if self.weight_decay != 0.0:
+        if wd != 0.0:
             if self.decoupled_weight_decay:
-                param *= 1.0 - self.lr * self.weight_decay
+                param *= 1.0 - self.lr * wd
             else:
-                grad = grad + self.weight_decay * param
+                grad = grad + wd * param
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(exp_avg, grad, 1.0 - beta1)
         exp_avg_sq *= beta2
@@ -296,12 +296,11 @@ class Adam(Optimizer):
         denom += self.eps
         param -= step_size * (exp_avg / denom)
 
-    def _fused_update(self, fk, param, grad, state, t):
+    def _fused_update(self, fk, param, grad, state, t, wd):
         """:meth:`_update` as one numba loop; scalars are cast to the parameter's dtype the way
         NumPy casts Python scalars, so both paths round alike."""
         beta1, beta2 = self.betas
         c = param.dtype.type
-        wd = self.weight_decay
         decay = c(1.0 - self.lr * wd) if (wd != 0.0 and self.decoupled_weight_decay) else c(1.0)
         coupled = c(wd) if (wd != 0.0 and not self.decoupled_weight_decay) else c(0.0)
         w1 = 1.0 - beta1
