@@ -60,19 +60,22 @@ def train_with_budget(cfg: TrainConfig, corpus: Corpus, out: Path, budget: float
         trainer.compile_kernels(notify=log)  # before any step is timed
         # calibrate the evaluation interval: about `evals` validations within the budget
         t0 = time.perf_counter()
-        probe = 0
-        while probe < 3 or time.perf_counter() - t0 < min(2.0, budget / 20):
-            trainer.train_step()
-            probe += 1
-        per_step = (time.perf_counter() - t0) / probe
+        probe = []
+        while len(probe) < 3 or time.perf_counter() - t0 < min(2.0, budget / 20):
+            probe.append(trainer.train_step())
+        per_step = (time.perf_counter() - t0) / len(probe)
         trainer.elapsed = time.perf_counter() - t0
         cfg.eval_every = max(1, int(budget / per_step / evals))
         result = trainer.fit()
+        if result.already_done:  # the probe alone spent the budget (a slow model or a busy machine)
+            trainer._evaluate_and_save(float(sum(probe) / len(probe)), 0.0)
+            trainer._close_shards()
+            result = replace(result, best_val=trainer.best_val)
         test = _test_loss(trainer)
     records = read_jsonl(run.metrics)
     curve = [(r["time"], r["val_loss"]) for r in records if isinstance(r.get("val_loss"), (int, float))]
     chars_per_step = cfg.batch * cfg.seq_len if corpus.mode == "stream" else None
-    cps = chars_per_step / per_step if chars_per_step else result.chars_per_s
+    cps = chars_per_step / per_step if chars_per_step else result.chars_per_s or math.nan  # nan: probe only
     return {"model": cfg.model, "parameters": trainer.model.num_params(), "steps": result.step,
             "chars_per_s": cps, "best_val": result.best_val,
             "bits_per_char": result.best_val / math.log(2) if math.isfinite(result.best_val) else math.nan,
