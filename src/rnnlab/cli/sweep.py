@@ -76,14 +76,16 @@ def cmd_sweep(args) -> int:
 
 
 def reproduce_command(text: str, cfg) -> str:
-    """``rnnlab train`` with every option that differs from the default."""
+    """``rnnlab train`` with every option that differs from the default, and those the automatic
+    rule (:mod:`rnnlab.lm.auto`) would otherwise choose anew (sizes, dropout, sequence length)."""
     from ..lm.config import TrainConfig
 
     default = TrainConfig()
+    auto = {"layers", "hidden", "dropout", "seq_len"}
     parts = ["rnnlab", "train", shlex.quote(text), "--out", "runs/best"]
     for flag, dest, _, _ in TRAIN_OPTIONS:
         v = getattr(cfg, dest)
-        if v != getattr(default, dest):
+        if v != getattr(default, dest) or dest in auto:
             parts += [flag, shlex.quote(f"{v:g}" if isinstance(v, float) else str(v))]
     if cfg.lines:
         parts.append("--lines")
