@@ -62,9 +62,9 @@ from .. import backend
 from . import init as winit
 from .activations import sigmoid
 from .cells import compiled_module
-from .embedding import check_ids, gather_rows, scatter_add_rows
+from .embedding import gather_rows, scatter_add_rows
 from .module import Module
-from .recurrent import _Ids, _gemm_add
+from .recurrent import _Ids, _Recurrent, _gemm_add
 from .scan import log_scan, log_scan_adjoint, seq_scan, seq_scan_adjoint
 from .workspace import empty as _ws_empty
 
@@ -163,24 +163,7 @@ class _MinRNN(Module):
             return "log"
         return "compiled" if compiled_kernels(xp, self.param_dtype) is not None else "loop"
 
-    def _ids_input(self, xp, x, embedding):
-        x = xp.asarray(x)
-        if x.dtype.kind not in "iu" or x.ndim != 2:
-            raise ValueError(f"with embedding=, x must be integer token ids of shape (T, B), got {x.dtype} "
-                             f"{tuple(x.shape)}")
-        if self.batch_first:
-            x = x.T  # (B, T) -> (T, B)
-        if isinstance(embedding, str):
-            if embedding != "onehot":
-                raise ValueError(f"embedding must be an array (V, {self.input_size}) or 'onehot', got {embedding!r}")
-            table, V = None, self.input_size
-        else:
-            table = xp.asarray(embedding, dtype=self.param_dtype)
-            if table.ndim != 2 or table.shape[1] != self.input_size:
-                raise ValueError(f"embedding table must have shape (V, {self.input_size}), got {tuple(table.shape)}")
-            V = table.shape[0]
-        check_ids(x, V)
-        return _Ids(x, table, V, self.input_size)
+    _ids_input = _Recurrent._ids_input  # the same validation of token ids and their table
 
     def _masks(self, xp, lengths, T, B):
         """``(pad (T, B) bool: True past a row's end, valid (T, B, 1) float)`` or ``(None, None)``."""
