@@ -96,6 +96,7 @@ def test_the_printed_command_reproduces_the_best_trial(text, tmp_path, capsys):
     ([], ["at least one --grid"]),
     (["--grid", "lr=0.01", "--backend", "spark"], ["--backend must be"]),
     (["--grid", "lr=0.01", "--address", "127.0.0.1:1"], ["--backend ray"]),
+    (["--grid", "lr=0.01", "--early-stop"], ["--early-stop", "--max-steps above --eval-every (5)"]),
 ])
 def test_bad_input_is_one_line_and_touches_nothing(text, tmp_path, capsys, argv, words):
     out = tmp_path / "never"
@@ -104,6 +105,29 @@ def test_bad_input_is_one_line_and_touches_nothing(text, tmp_path, capsys, argv,
     for w in words:
         assert w in err, (w, err)
     assert not out.exists()
+
+
+class _Planned(Exception):
+    pass
+
+
+def test_early_stop_without_a_step_limit_uses_the_default_steps(text, tmp_path, capsys, monkeypatch):
+    """No --max-steps and no --max-time: the trials run the default 3,000 steps, and ASHA's
+    rungs span them (this built a scheduler over 0 steps and crashed)."""
+    import rnnlab.trials as trials_pkg
+    from rnnlab.lm.config import DEFAULT_MAX_STEPS
+
+    seen = {}
+
+    def fake_run_trials(trials, root, early_stop=None, **kw):
+        seen["early"] = early_stop
+        seen["rungs"] = early_stop.scheduler().rungs
+        raise _Planned  # stop here: nothing trains, only the plan is looked at
+
+    monkeypatch.setattr(trials_pkg, "run_trials", fake_run_trials)
+    cli(capsys, "sweep", text, "--out", tmp_path / "s", *TINY, "--grid", "lr=0.01,0.003", "--early-stop")
+    assert seen["early"].max_t == DEFAULT_MAX_STEPS
+    assert seen["rungs"] == [5, 15, 45, 135, 405, 1215]
 
 
 def test_ray_missing_says_how_to_install(text, tmp_path, capsys, monkeypatch):

@@ -37,6 +37,15 @@ def cmd_sweep(args) -> int:
     points = grid_points(grid, args.random, base.seed)
     text_path = str(Path(args.text).resolve())
     trials = make_trials(text_path, base, points, args.seeds)  # every point's options checked here
+    early = None
+    if args.early_stop:  # checked before anything is written
+        if base.max_time:
+            early = EarlyStop("val_loss", "time", grace=base.max_time / 9, max_t=base.max_time)
+        else:
+            early = EarlyStop("val_loss", "step", grace=base.eval_every, max_t=base.step_limit())
+            if early.max_t <= early.grace:
+                raise RnnlabError(f"--early-stop compares trials at every --eval-every steps: give --max-steps "
+                                  f"above --eval-every ({base.eval_every}), got {early.max_t}")
     spec = sweep_spec(text_path, text_digest(text), base, grid, args.random, args.seeds)
     del text
     out = Path(args.out)
@@ -46,12 +55,6 @@ def cmd_sweep(args) -> int:
         raise RnnlabError(f"{out} already holds a sweep: add --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_spec(out, spec)
-    early = None
-    if args.early_stop:
-        if base.max_time:
-            early = EarlyStop("val_loss", "time", grace=base.max_time / 9, max_t=base.max_time)
-        else:
-            early = EarlyStop("val_loss", "step", grace=base.eval_every, max_t=base.max_steps)
     _say(args, f"sweep: {len(trials)} trials ({len(points)} grid points x {args.seeds} seed(s)) on "
                f"{'Ray' if args.backend == 'ray' else f'{workers} local worker(s)'}"
                f"{', early stopping (ASHA)' if early else ''}; folder {out}")

@@ -38,7 +38,7 @@ def adding_hs_baseline(T: int) -> float:
     """MSE of the best constant prediction (0.5) in H&S's adding problem (:func:`adding_hs`):
     ``Var[(X1 + X2) / 4]`` with ``X ~ U(-1, 1)`` (variance 1/3), except that the value of the
     first pair is 0 when it is marked: with probability 1/10 for ``X1`` and ``0.9 / (T/2 - 2)``
-    for ``X2``. About 0.0396 for ``T = 100``."""
+    for ``X2``. About 0.0392 for ``T = 100``."""
     p2 = 0.9 / (T // 2 - 2)
     return ((1 - 0.1) / 3.0 + (1 - p2) / 3.0) / 16.0
 

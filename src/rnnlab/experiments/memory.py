@@ -15,7 +15,7 @@ predictor that keeps nothing of what it has seen)
       MSE 1/6 (predict 1). Solved: test MSE < 0.01.
     - ``adding-hs`` — the adding problem as Hochreiter & Schmidhuber (1997, exp. 4) set it:
       lengths T..1.1T, values U(-1, 1), the first marker among the first ten steps, target
-      0.5 + (X1 + X2)/4. Baseline MSE 0.0396. Solved (their criterion): at least 99% of the
+      0.5 + (X1 + X2)/4. Baseline MSE 0.0392 at T = 100. Solved (their criterion): at least 99% of the
       test sequences within 0.04 of the target (they stopped training at 100% of the last 2,000).
     - ``copy`` — the copy task of Arjovsky et al. (2016): 10 symbols out of 8, T blanks, recall
       all 10 after the delimiter; every step scored. Baseline cross-entropy 10 log 8 / (T + 20)
