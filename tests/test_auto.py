@@ -57,6 +57,23 @@ def test_more_time_never_a_smaller_model_more_text_never_a_larger_one():
     assert by_text == sorted(by_text, reverse=True) and by_text[0] > by_text[-1]
 
 
+def test_with_both_limits_the_one_reached_first_sizes_the_model():
+    # a step limit the run never reaches leaves the time budget's width (it chose the widest
+    # width before: the step budget's epochs do not depend on the width); one reached first
+    # sizes the model by its own epochs
+    wide, _ = chosen(max_time=900.0)
+    both, _ = chosen(max_time=900.0, max_steps=10**7)  # the steps are never reached: time decides
+    assert both.hidden == wide.hidden
+    short, _ = chosen(max_time=900.0, max_steps=50)  # 50 steps: too few epochs for any width
+    assert short.hidden == auto.WIDTHS[0]
+    assert short.dropout == 0.0
+
+
+def test_no_size_rule_on_a_gpu():
+    cfg, line = chosen(max_time=900.0, device="cuda")
+    assert (cfg.layers, cfg.hidden) == (2, 256) and "LSTM" not in line
+
+
 def test_more_cores_buy_a_wider_model():
     assert chosen(max_time=900.0, cores=8)[0].hidden >= chosen(max_time=900.0, cores=2)[0].hidden
 

@@ -13,17 +13,17 @@ TRAIN_OPTIONS = [
     ("--model", "model", str, "rnn | lstm | gru | mingru | minlstm | mlp | cnn | bigram | bow | transformer "
                               "(default lstm)"),
     ("--layers", "layers", _num(int, 1), "layers (default 2)"),
-    ("--hidden", "hidden", _num(int, 1), "hidden units; CNN channels; transformer width (default 256; with "
-                                         "--max-time, the widest that fits the budget and the text: see the "
-                                         "auto: line)"),
+    ("--hidden", "hidden", _num(int, 1), "hidden units; CNN channels; transformer width (default 256; rnn, "
+                                         "lstm and gru with --max-time and no --layers: the widest that fits "
+                                         "the budget and the text, see the auto: line)"),
     ("--embed", "embed", _num(int, 0), "embedding size, 0 = one-hot input (default 64)"),
-    ("--dropout", "dropout", _num(float, 0.0), "dropout between layers, in [0, 1) (default: from the epochs the "
-                                               "run makes over its text, 0 below two)"),
+    ("--dropout", "dropout", _num(float, 0.0), "dropout between layers, in [0, 1) (default 0; rnn, lstm and "
+                                               "gru: from the epochs the run makes over its text, 0 below two)"),
     ("--context", "context", _num(int, 1), "characters the mlp model sees (default 8)"),
     ("--kernel", "kernel", _num(int, 1), "cnn kernel size (default 2)"),
     ("--seq-len", "seq_len", _num(int, 1), "truncated-BPTT length in stream mode; for bow and transformer the "
-                                           "block: the characters they see, their position table (default 100, "
-                                           "shorter for a small text)"),
+                                           "block: the characters they see, their position table (default 100; "
+                                           "rnn, lstm and gru: shorter for a small text)"),
     ("--heads", "heads", _num(int, 1), "attention heads of the transformer, must divide --hidden (default 4)"),
     ("--batch", "batch", _num(int, 1), "parallel streams or items per step (default 32)"),
     ("--optimizer", "optimizer", str, "sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw (default adam)"),

@@ -14,7 +14,9 @@ The rule (recurrent models: rnn, lstm, gru)::
 
     size     with --max-time, unless --layers or --hidden is given: 2 layers, and the widest
              hidden size in WIDTHS whose estimated speed still gives e >= MIN_EPOCHS (the
-             narrowest if none does). Without a time budget: 2 x 256, the fixed default.
+             narrowest if none does; with --max-steps too, e counts the limit reached first).
+             Without a time budget, or on a GPU (the speed estimate is the CPU's): 2 x 256,
+             the fixed default.
     dropout  unless given: 0 when the run sees its text fewer than DROPOUT_FREE_EPOCHS times;
              otherwise it grows with the logarithm of the epochs and the parameters per
              training character (a bigger model on less text needs more), capped at MAX_DROPOUT.
@@ -116,13 +118,17 @@ def apply_auto(cfg, given: set, corpus, cores: int | None = None) -> str:
     else:
         per_step = cfg.batch * cfg.seq_len
 
-    def epochs(hidden, layers):
-        if cfg.max_time and not cfg.max_steps:
-            return estimated_speed(cfg.model, layers, hidden, cfg.embed, V, cores) * cfg.max_time / N
+    def epochs(hidden, layers):  # with both limits, the one reached first
+        e = math.inf
+        if cfg.max_time:
+            e = estimated_speed(cfg.model, layers, hidden, cfg.embed, V, cores) * cfg.max_time / N
         steps = cfg.step_limit()
-        return steps * per_step / N
+        if steps:
+            e = min(e, steps * per_step / N)
+        return e
 
-    if cfg.max_time and not ({"layers", "hidden"} & given):
+    # the size rule's speed is the CPU's: on a GPU the sizes stay as given or default
+    if cfg.max_time and not ({"layers", "hidden"} & given) and cfg.device != "cuda":
         fits = [h for h in WIDTHS if epochs(h, 2) >= MIN_EPOCHS]
         cfg.layers, cfg.hidden = 2, (fits[-1] if fits else WIDTHS[0])
         chosen.append(f"{cfg.layers}x{cfg.hidden} {cfg.model.upper()}")
