@@ -94,6 +94,13 @@ def test_resume_or_start_is_one_command_for_every_start(texts, tmp_path, capsys)
     assert rc == 0, err
     assert "new run" in out and len(list(run.glob("replaced-*"))) == 1
     assert_same_tensors(last_of(run), last_of(ref))
+    # a trained model with no checkpoint to continue from (an imported model has only best):
+    # refused in one line, nothing moved or written
+    (run / "checkpoints" / "last.safetensors").unlink()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    rc, out, err = cli(capsys, *cmd, "--max-steps", "8")
+    assert_one_line_error(rc, out, err, "--resume-or-start will not replace it")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
 @pytest.mark.parametrize("other", ["--resume", "--force"])
@@ -116,6 +123,11 @@ KINDS = {
     "mlp": ["--model", "mlp", "--layers", "2", "--hidden", "16", "--embed", "8", "--context", "4", "--dropout", "0.1"],
     "cnn": ["--model", "cnn", "--layers", "2", "--hidden", "8", "--embed", "8", "--kernel", "2"],
     "bigram": ["--model", "bigram"],
+    "mingru": ["--model", "mingru", "--layers", "2", "--hidden", "16", "--embed", "8", "--dropout", "0.1"],
+    "minlstm": ["--model", "minlstm", "--layers", "1", "--hidden", "16", "--embed", "8"],
+    "bow": ["--model", "bow", "--hidden", "16", "--embed", "8"],
+    "transformer": ["--model", "transformer", "--layers", "1", "--hidden", "16", "--heads", "2", "--embed", "8",
+                    "--dropout", "0.1"],
 }
 
 

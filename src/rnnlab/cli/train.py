@@ -101,7 +101,14 @@ def _resuming(args) -> bool:
                               "there is one and starts it otherwise")
         from ..lm.rundir import RunDir
 
-        return RunDir(args.out).last.is_file()
+        run = RunDir(args.out)
+        if run.last.is_file():
+            return True
+        if run.available_checkpoints():  # a best checkpoint only: an imported model, or a damaged run
+            raise RnnlabError(f"{args.out} holds a trained model but no checkpoint to continue training from "
+                              f"({run.last.name}); --resume-or-start will not replace it: choose another --out, or "
+                              "move it away yourself")
+        return False
     return bool(args.resume)
 
 

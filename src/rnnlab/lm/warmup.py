@@ -4,8 +4,8 @@ The numba kernels (:mod:`rnnlab.nn.fused`, :mod:`rnnlab.nn.timeloop`) and the CU
 compiled on first use, once per argument signature. Compiled inside the first training step, a
 fresh install would spend a budget's first seconds (tens of them for the LSTM) compiling, and an
 ``rnnlab compare`` would charge them to the recurrent models alone. :func:`warm_up` therefore runs
-everything a step and a validation pass call, once, on a batch of the run's own shape cut to two
-time steps, before the trainer starts timing:
+everything a step and a validation pass call, once, on a batch of the run's own shape (in stream
+mode cut to two time steps; in lines mode one full batch), before the trainer starts timing:
 
     forward + loss + backward through the run's shards   (training step; dropout on)
     the optimizer's update                               (on copies of the parameters)
