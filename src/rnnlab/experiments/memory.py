@@ -482,7 +482,7 @@ def report(out: Path, cfg: Config, seeds: int, trials, results, quick: bool, sec
     def pivot(task_name, cell):
         out_rows = []
         for kind in cfg.models:
-            pr = {"model": kind}
+            pr = {"model": kind, **{f"T={T}": "not run" for T in cfg.lags[task_name]}}  # every column in every row
             for r in rows:
                 if r["task"] == task_name and r["model"] == kind:
                     pr[f"T={r['T']}"] = cell(r)
