@@ -62,6 +62,7 @@ def test_synthetic_tasks_have_the_stated_targets():
     marked = np.where(marks == 1, h.x[..., 0], 0).sum(0)
     assert np.allclose(h.y[0, :, 0], 0.5 + marked / 4, atol=1e-6) and np.all(h.x[0, first_marked, 0] == 0)
     assert abs(float(((h.y - 0.5) ** 2).mean()) - syn.adding_hs_baseline(40)) < 2e-3
+    assert abs(float((np.abs(h.y - 0.5) < 0.04).mean()) - syn.adding_hs_baseline_within(40)) < 0.01
     c = syn.copy_memory(rng, 8, T=7, n_copy=3, n_symbols=4)
     ids = c.x.argmax(-1)  # (T+2N, B)
     assert c.x.shape == (13, 8, 6) and c.y.shape == (13, 8)

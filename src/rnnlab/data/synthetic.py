@@ -43,6 +43,18 @@ def adding_hs_baseline(T: int) -> float:
     return ((1 - 0.1) / 3.0 + (1 - p2) / 3.0) / 16.0
 
 
+def adding_hs_baseline_within(T: int, tol: float = 0.04) -> float:
+    """Fraction of H&S adding targets within ``tol`` of the best constant prediction 0.5 (their
+    success measure, scored on a memoryless predictor): ``P(|X1 + X2| < 4 tol)``. With both values
+    ``U(-1, 1)`` the sum is triangular on ``[-2, 2]`` (``1 - (2 - a)^2 / 4`` for ``a = 4 tol``); with
+    one of them 0 (the first pair marked, as in :func:`adding_hs_baseline`) it is ``a``; with both
+    0 it is 1. About 0.156 for ``T = 100``."""
+    a = 4.0 * tol
+    p1, p2 = 0.1, 0.9 / (T // 2 - 2)
+    both, one = 1.0 - (2.0 - a) ** 2 / 4.0, a
+    return (1 - p1) * (1 - p2) * both + (p1 * (1 - p2) + p2 * (1 - p1)) * one + p1 * p2
+
+
 @dataclass
 class SeqBatch:
     """One batch: ``x (T, B, I)`` float, ``y`` int ``(S, B)`` or float ``(S, B, 1)``,
