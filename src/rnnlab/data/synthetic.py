@@ -215,7 +215,7 @@ def copy_memory(rng: np.random.Generator, batch: int, T: int, n_copy: int = 10, 
 
 def copy_baseline(T: int, n_copy: int = 10, n_symbols: int = 8) -> float:
     """Cross-entropy per step of the memoryless strategy in :func:`copy_memory`."""
-    return n_copy * np.log(n_symbols) / (T + 2 * n_copy)
+    return float(n_copy * np.log(n_symbols) / (T + 2 * n_copy))
 
 
 TEMPORAL_SYMBOLS = "abcdXYBE"

@@ -92,7 +92,7 @@ class Table:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             for r in self.rows:
-                w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+                w.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in r.items()})  # np.float64 too
 
 
 @dataclass
