@@ -148,7 +148,7 @@ LITERATURE_NOTES = [
 @dataclass
 class Config:
     tasks: tuple = ("adding", "adding-hs", "copy", "temporal")
-    lags: dict = field(default_factory=lambda: {"adding": (100, 200), "adding-hs": (100,), "copy": (100,),
+    lags: dict = field(default_factory=lambda: {"adding": (100,), "adding-hs": (100,), "copy": (100,),
                                                 "temporal": (100,)})
     models: tuple = MODELS
     hidden: int = 128  # recurrent units (Arjovsky et al. and Le et al. used 128 and 100)
