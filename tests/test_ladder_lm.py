@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rnnlab.cli import main
+from clitools import cli
 from rnnlab.lm.checkpoint import load_checkpoint
 from rnnlab.optim import make_optimizer
 
@@ -17,13 +17,6 @@ SIZES = {
     "transformer": ["--layers", "2", "--hidden", "16", "--heads", "2", "--dropout", "0.1"],
 }
 COMMON = ["--batch", "4", "--seq-len", "8", "--quiet", "--max-steps", "6", "--eval-every", "3"]
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

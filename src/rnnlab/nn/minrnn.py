@@ -163,7 +163,8 @@ class _MinRNN(Module):
             return "log"
         return "compiled" if compiled_kernels(xp, self.param_dtype) is not None else "loop"
 
-    _ids_input = _Recurrent._ids_input  # the same validation of token ids and their table
+    # the same checks of the input, and of token ids and their table, as the classic cells
+    _input, _ids_input = _Recurrent._input, _Recurrent._ids_input
 
     def _masks(self, xp, lengths, T, B):
         """``(pad (T, B) bool: True past a row's end, valid (T, B, 1) float)`` or ``(None, None)``."""
@@ -205,19 +206,7 @@ class _MinRNN(Module):
         G*H)`` table ``E W_xh^T``; :meth:`backward` then returns ``dE (V, I)`` (None for
         ``"onehot"``) in place of ``dx``. ``rng`` is needed for dropout between layers."""
         xp = backend.array_module(x)
-        if embedding is not None:
-            inp = self._ids_input(xp, x, embedding)
-            T, B = inp.ids.shape
-        else:
-            inp = xp.asarray(x, dtype=self.param_dtype)
-            if inp.ndim != 3:
-                raise ValueError(f"input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I), got shape "
-                                 f"{tuple(inp.shape)}")
-            if self.batch_first:
-                inp = inp.transpose(1, 0, 2)  # (B, T, I) -> (T, B, I)
-            T, B, I = inp.shape
-            if I != self.input_size:
-                raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
+        inp, T, B = self._input(xp, x, embedding)
         L, H = self.num_layers, self.hidden_size
         if state is None:
             h0 = xp.zeros((L, B, H), self.param_dtype)

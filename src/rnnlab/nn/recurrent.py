@@ -220,18 +220,7 @@ class _Recurrent(Module):
         input_size)`` (``None`` for one-hot), in place of ``dx``.
         """
         xp = backend.array_module(x)
-        if embedding is not None:
-            x = self._ids_input(xp, x, embedding)
-            T, B = x.ids.shape
-        else:
-            x = xp.asarray(x, dtype=self.param_dtype)
-            if x.ndim != 3:
-                raise ValueError(f"input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I), got shape {tuple(x.shape)}")
-            if self.batch_first:
-                x = x.transpose(1, 0, 2)  # (B, T, I) -> (T, B, I)
-            T, B, I = x.shape
-            if I != self.input_size:
-                raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
+        x, T, B = self._input(xp, x, embedding)
         h0, c0 = self._split_state(xp, state, B)
         keep, mf = self._masks(xp, lengths, T, B)
         D = self.num_directions
@@ -274,6 +263,22 @@ class _Recurrent(Module):
         return y, state_n, cache
 
     __call__ = forward
+
+    def _input(self, xp, x, embedding):
+        """``(input, T, B)``: token ids and their table (:class:`_Ids`) with ``embedding=``, else
+        the checked time-major ``(T, B, I)`` array."""
+        if embedding is not None:
+            x = self._ids_input(xp, x, embedding)
+            return (x, *x.ids.shape)
+        x = xp.asarray(x, dtype=self.param_dtype)
+        if x.ndim != 3:
+            raise ValueError(f"input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I), got shape {tuple(x.shape)}")
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)  # (B, T, I) -> (T, B, I)
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
+        return x, T, B
 
     def _ids_input(self, xp, x, embedding):
         """Validate token ids and their table for ``forward(..., embedding=)``."""
