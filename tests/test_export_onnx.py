@@ -21,6 +21,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from rnnlab import __version__  # noqa: E402
+from clitools import cli  # noqa: E402
 from rnnlab.cli import main  # noqa: E402
 from rnnlab.data import Vocab  # noqa: E402
 from rnnlab.errors import RnnlabError  # noqa: E402
@@ -181,13 +182,6 @@ def test_an_unknown_model_kind_is_refused_naming_the_known_ones():
 # ------------------------------------------------------------------------------ the command
 TEXT = "the cat sat on the mat. a dog ran far away and slept in the sun.\n" * 40
 NAMES = "\n".join(["anna", "bob", "carla", "dan", "eve", "fred", "gina", "hal", "ida", "jo"] * 12) + "\n"
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

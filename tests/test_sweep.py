@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from clitools import cli
 from rnnlab.cli import main
 
 TINY = ["--model", "gru", "--layers", "1", "--embed", "8", "--seq-len", "16", "--batch", "8", "--eval-every", "5",
@@ -28,13 +29,6 @@ def text(tmp_path_factory):
     p = tmp_path_factory.mktemp("sweeptext") / "t.txt"
     p.write_text("\n".join(words * 60) + "\n", encoding="utf-8")
     return p
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def rows(out: Path) -> list[dict]:

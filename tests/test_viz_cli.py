@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clitools import cli
 from rnnlab.cli import main
 from rnnlab.errors import RnnlabError
 
@@ -31,13 +32,6 @@ CODE = '''def f(x, y):
         return {"a": (x + y)}
     return 'done'
 '''
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

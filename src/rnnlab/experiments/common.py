@@ -104,18 +104,30 @@ def run_cells(name: str, cells: dict, out_dir: Path, *, workers: int = 0, backen
     The cells' folders are ``out_dir/<name>-trials/``; a run without ``resume`` replaces them,
     as it replaces ``<name>.md``. A cell that fails ends the experiment with its message.
     """
+    from ..trials import Trial
+
+    trials = [Trial(key, CELL_FN, {"experiment": name, "cell": p}) for key, p in cells.items()]
+    results = run_experiment_trials(name, trials, out_dir, workers=workers, backend=backend, address=address,
+                                    resume=resume, progress=progress)
+    return {r.name: r.result for r in results}
+
+
+def run_experiment_trials(name: str, trials: list, out_dir, workers: int = 0, backend: str = "local",
+                          address=None, resume: bool = False, progress: bool = True) -> list:
+    """Run experiment ``name``'s ``trials`` in ``out_dir/<name>-trials/`` (replaced unless
+    ``resume``, as the run replaces ``<name>.md``); returns their results in order. A trial that
+    failed ends the experiment with its message."""
     import shutil
 
-    from ..trials import Trial, run_trials
+    from ..trials import run_trials
 
     root = Path(out_dir) / f"{name}-trials"
     if not resume and root.exists():
         shutil.rmtree(root)
-    trials = [Trial(key, CELL_FN, {"experiment": name, "cell": p}) for key, p in cells.items()]
     results = run_trials(trials, root, workers=workers, backend=backend, address=address, resume=resume,
                          progress=progress, desc=name)
     failed = [r for r in results if r.status == "failed"]
     if failed:
         raise RnnlabError(f"{len(failed)} {name} trial(s) failed, e.g. {failed[0].name}: {failed[0].error}; fix the "
                           f"cause and continue with --resume (their folders are in {root})")
-    return {r.name: r.result for r in results}
+    return results

@@ -60,7 +60,7 @@ import numpy as np
 from ..data import synthetic as syn
 from ..errors import RnnlabError
 from . import seqmodels
-from .common import Result, Timer, check_seeds, out_path, rng_for
+from .common import Result, Timer, check_seeds, out_path, rng_for, run_experiment_trials
 from .report import Report, Table, band, mean_std, new_figure, pm
 from .train import TrainConfig, evaluate, loss_and_grad, train
 
@@ -419,24 +419,14 @@ def run(out_dir, quick: bool = False, seeds: int = 3, tasks=None, lags=None, mod
         **overrides) -> Result:
     """Every (task, model, lag, seed) trial in parallel; writes ``memory.{md,csv,png}`` and keeps
     each trial's folder under ``memory-trials/`` (for ``resume``)."""
-    from ..trials import run_trials
 
     seeds = check_seeds(seeds)
     cfg = configure(quick, tasks, lags, models, budget, **overrides)
     out = out_path(out_dir)
     trials = make_trials(cfg, seeds)
-    root = out / f"{NAME}-trials"
-    if not resume and root.exists():
-        import shutil
-
-        shutil.rmtree(root)  # a fresh run replaces the old one's trials, as it replaces memory.md
     with Timer() as timer:
-        results = run_trials(trials, root, workers=workers, backend=backend, address=address, resume=resume,
-                             progress=progress, desc=NAME)
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        raise RnnlabError(f"{len(failed)} trial(s) failed, e.g. {failed[0].name}: {failed[0].error}; "
-                          f"fix the cause and continue with --resume (their folders are in {root})")
+        results = run_experiment_trials(NAME, trials, out, workers=workers, backend=backend, address=address,
+                                        resume=resume, progress=progress)
     return report(out, cfg, seeds, trials, results, quick, timer.seconds)
 
 
