@@ -192,6 +192,22 @@ def test_a_one_step_run_still_reports_its_speed(texts, tmp_path, capsys):
     assert m and int(m.group(1).replace(",", "")) > 0, out
 
 
+@pytest.mark.parametrize("command, module, hint", [
+    ("train", "train", "use a smaller --batch, --hidden or --seq-len"),
+    ("eval", "runs", "use a shorter text, or free memory")])
+def test_out_of_memory_names_what_this_command_can_shrink(command, module, hint, runs, texts, capsys, monkeypatch):
+    """A MemoryError is one line and exit 2; the advice names only options the command has."""
+    import importlib
+
+    def exhausted(args):
+        raise MemoryError
+
+    monkeypatch.setattr(importlib.import_module(f"rnnlab.cli.{module}"), f"cmd_{command}", exhausted)
+    argv = ["train", texts["en"], "--out", "unused"] if command == "train" else ["eval", runs["stream"], texts["en"]]
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 2 and out == "" and err == f"rnnlab: out of memory: {hint}\n"
+
+
 # ------------------------------------------------------------------------------------ sample
 def test_sample_stream_options(runs, capsys):
     run = runs["stream"]

@@ -89,7 +89,10 @@ def _main(argv) -> int:
             pass
         return 0
     except MemoryError:
-        print("rnnlab: out of memory: use a smaller --batch, --hidden or --seq-len", file=sys.stderr)
+        sizes = [f"--{name.replace('_', '-')}" for name in ("batch", "hidden", "seq_len") if hasattr(args, name)]
+        what = (f"use a smaller {', '.join(sizes[:-1])}{' or ' if len(sizes) > 1 else ''}{sizes[-1]}" if sizes else
+                "use a shorter text, or free memory")
+        print(f"rnnlab: out of memory: {what}", file=sys.stderr)
         return EXIT_USER
     except Exception as exc:  # a bug: say so in one line, keep the traceback for developers
         if os.environ.get("RNNLAB_DEBUG"):
