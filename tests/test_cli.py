@@ -193,7 +193,7 @@ def test_a_one_step_run_still_reports_its_speed(texts, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command, module, hint", [
-    ("train", "train", "use a smaller --batch, --hidden or --seq-len"),
+    ("train", "train", "use a smaller --batch or --hidden or --seq-len"),
     ("eval", "runs", "use a shorter text, or free memory")])
 def test_out_of_memory_names_what_this_command_can_shrink(command, module, hint, runs, texts, capsys, monkeypatch):
     """A MemoryError is one line and exit 2; the advice names only options the command has."""

@@ -90,8 +90,7 @@ def _main(argv) -> int:
         return 0
     except MemoryError:
         sizes = [f"--{name.replace('_', '-')}" for name in ("batch", "hidden", "seq_len") if hasattr(args, name)]
-        what = (f"use a smaller {', '.join(sizes[:-1])}{' or ' if len(sizes) > 1 else ''}{sizes[-1]}" if sizes else
-                "use a shorter text, or free memory")
+        what = f"use a smaller {' or '.join(sizes)}" if sizes else "use a shorter text, or free memory"
         print(f"rnnlab: out of memory: {what}", file=sys.stderr)
         return EXIT_USER
     except Exception as exc:  # a bug: say so in one line, keep the traceback for developers
