@@ -172,10 +172,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMPILE_NOTE_SECONDS = 5.0
-"""A warm-up this long compiled kernels (loading them from numba's cache takes about a second)."""
-
-
 def _report_training(args, trainer, result):
     from ..lm.evaluate import evaluate
     from ..lm.shards import BatchShards
@@ -196,8 +192,8 @@ def _report_training(args, trainer, result):
     lines = [] if result.already_done else [
         f"trained {result.step} step{'' if result.step == 1 else 's'} in {result.elapsed:.0f} s "
         f"({result.chars_per_s:,.0f} chars/s)"
-        + (f"; compiling the kernels took {result.compile_seconds:.0f} s before that (not counted)"
-           if result.compile_seconds >= COMPILE_NOTE_SECONDS else "")]
+        + (f"; compiling the kernels took {result.compile_seconds:.1f} s before that (not counted)"
+           if result.compile_seconds else "")]
     if math.isfinite(result.best_val):
         lines.append(f"best validation loss {result.best_val:.4f} nats/char = {result.best_val / math.log(2):.4f} bits/char")
     if len(trainer.corpus.split.test):

@@ -108,7 +108,7 @@ class TrainResult:
     elapsed: float = 0.0
     history: list = field(default_factory=list)
     already_done: str = ""   # why no step ran: the limit a resumed run had already reached
-    compile_seconds: float = 0.0  # spent compiling (or loading) kernels before the clock started
+    compile_seconds: float = 0.0  # spent compiling kernels before the clock started (0: all cached)
 
 
 class Trainer:
@@ -193,16 +193,24 @@ class Trainer:
     def compile_kernels(self, notify=None) -> float:
         """Compile (or load from the cache) every kernel this run's steps and validation use,
         once, before training is timed; ``notify`` (default: :attr:`log` when showing progress)
-        hears about a compilation. Returns the seconds spent (0 when already done)."""
+        hears about a compilation. Returns the seconds spent compiling: 0 when nothing had to be
+        compiled (done already, or every kernel loaded from numba's cache)."""
         if self._compiled:
             return 0.0
         from .warmup import warm_up
 
         if notify is None and self.progress:
             notify = self.log
-        seconds = warm_up(self.model, self._batch_shards(), self.cfg, self.corpus, notify)
+        heard = []
+
+        def compiling(message):
+            heard.append(message)
+            if notify is not None:
+                notify(message)
+
+        seconds = warm_up(self.model, self._batch_shards(), self.cfg, self.corpus, compiling)
         self._compiled = True
-        return seconds
+        return seconds if heard else 0.0
 
     def _train_pairs(self):
         """(x, y) batches covering the training split once (for closed-form fits)."""

@@ -2,7 +2,7 @@
 
 The numba kernels (:mod:`rnnlab.nn.fused`, :mod:`rnnlab.nn.timeloop`) and the CUDA kernels are
 compiled on first use, once per argument signature. Compiled inside the first training step, a
-fresh install would spend a budget's first seconds (tens of them for the LSTM) compiling, and an
+fresh install would spend a budget's first seconds compiling, and an
 ``rnnlab compare`` would charge them to the recurrent models alone. :func:`warm_up` therefore runs
 everything a step and a validation pass call, once, on a batch of the run's own shape (in stream
 mode cut to two time steps; in lines mode one full batch), before the trainer starts timing:
@@ -31,9 +31,10 @@ from ..data import LinesBatcher, StreamBatcher
 from ..nn import cells
 from ..optim import make_optimizer
 
-COMPILE_SECONDS = 40
-"""About how long the first run's compilation of an LSTM run's kernels takes (measured on the
-2-core machine of docs/benchmarks.md; the GRU and RNN need fewer); said in the message."""
+COMPILE_SECONDS = 5
+"""About how long the first run's compilation of a run's kernels takes, said in the message:
+measured 3.1 s for a 2-layer LSTM run in a fresh install on the 2-core development machine
+(numba 0.68; 0.1 s once they are in numba's cache)."""
 
 
 def warm_up(model, shards, cfg, corpus, notify=None) -> float:
