@@ -201,16 +201,9 @@ class Trainer:
 
         if notify is None and self.progress:
             notify = self.log
-        heard = []
-
-        def compiling(message):
-            heard.append(message)
-            if notify is not None:
-                notify(message)
-
-        seconds = warm_up(self.model, self._batch_shards(), self.cfg, self.corpus, compiling)
+        seconds = warm_up(self.model, self._batch_shards(), self.cfg, self.corpus, notify)
         self._compiled = True
-        return seconds if heard else 0.0
+        return seconds
 
     def _train_pairs(self):
         """(x, y) batches covering the training split once (for closed-form fits)."""

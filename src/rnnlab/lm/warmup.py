@@ -40,7 +40,8 @@ measured 3.1 s for a 2-layer LSTM run in a fresh install on the 2-core developme
 def warm_up(model, shards, cfg, corpus, notify=None) -> float:
     """Run the kernels of one training step and one validation batch of ``model`` (through the
     :class:`~rnnlab.lm.shards.BatchShards` ``shards``) for configuration ``cfg`` on ``corpus``;
-    returns the seconds it took. ``notify(message)`` is called once if kernels are compiled."""
+    returns the seconds it took if numba compiled something, 0.0 if every kernel came from its
+    cache (or numba is off). ``notify(message)`` is called once if kernels are compiled."""
     t0 = time.perf_counter()
     xp = backend.xp
     rng = np.random.default_rng(0)  # dropout masks and batch order of its own
@@ -51,7 +52,7 @@ def warm_up(model, shards, cfg, corpus, notify=None) -> float:
         x, y, _ = StreamBatcher(corpus.split.train, cfg.batch, min(2, cfg.seq_len)).next_batch()
         lengths, state = None, model.initial_state(xp, cfg.batch)
     x, y = xp.asarray(x), xp.asarray(y)
-    with _compile_notice(notify):
+    with _compile_notice(notify) as notice:
         shards.step(x, y, state, lengths, rng)
         params = {k: v.copy() for k, v in model.params.items()}
         grads = {k: g.copy() for k, g in model.grads.items()}
@@ -63,17 +64,18 @@ def warm_up(model, shards, cfg, corpus, notify=None) -> float:
             shards.loss_sum(x, y, state, lengths)
         finally:
             model.train(was_training)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0 if notice.said else 0.0
 
 
 class _compile_notice:
-    """While active, call ``notify`` once when numba starts compiling something."""
+    """While active, note in :attr:`said` (and tell ``notify``, if given) when numba starts
+    compiling something; once, however many kernels compile."""
 
     def __init__(self, notify) -> None:
         self.notify, self.said, self._listener = notify, False, None
 
     def __enter__(self):
-        if self.notify is None or backend.xp is not np or not cells.numba_enabled():
+        if backend.xp is not np or not cells.numba_enabled():
             return self
         from numba.core import event
 
@@ -81,10 +83,10 @@ class _compile_notice:
 
         class Listener(event.Listener):
             def on_start(self, ev):
-                if not notice.said:
-                    notice.said = True
+                if not notice.said and notice.notify is not None:
                     notice.notify(f"compiling kernels (first run only, ~{COMPILE_SECONDS} s; "
                                   "not counted in --max-time)")
+                notice.said = True
 
             def on_end(self, ev):
                 pass
