@@ -208,6 +208,17 @@ def test_out_of_memory_names_what_this_command_can_shrink(command, module, hint,
     assert rc == 2 and out == "" and err == f"rnnlab: out of memory: {hint}\n"
 
 
+def test_out_of_memory_before_the_arguments_are_parsed_is_one_line_too(capsys, monkeypatch):
+    import rnnlab.cli as cli_pkg
+
+    def exhausted():
+        raise MemoryError
+
+    monkeypatch.setattr(cli_pkg, "build_parser", exhausted)
+    rc, out, err = cli(capsys, "info", "somewhere")
+    assert rc == 2 and err == "rnnlab: out of memory: use a shorter text, or free memory\n"
+
+
 # ------------------------------------------------------------------------------------ sample
 def test_sample_stream_options(runs, capsys):
     run = runs["stream"]

@@ -58,6 +58,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
+    args = None  # a MemoryError before the arguments are parsed still gets its one line
     try:
         passthrough = {name: f for m in _modules() for name, f in getattr(m, "PASSTHROUGH", {}).items()}
         parser = build_parser()
