@@ -181,6 +181,18 @@ def test_memory_trial_resumes_exactly(tmp_path):
     assert resumed == straight
 
 
+def test_memory_resume_may_select_a_subset_of_the_trials(tmp_path):
+    """A run resumed with fewer lags or models keeps the trials it has (a trial's spec holds its
+    own settings, not the command's selection) and reports only the selected ones."""
+    both = ex.run("memory", tmp_path, seeds=1, **_tiny())
+    again = ex.run("memory", tmp_path, seeds=1, resume=True, **{**_tiny(), "models": ["mlp"]})
+    assert [r["model"] for r in again.data["trials"]] == ["mlp"]
+    mlp = next(r for r in both.data["trials"] if r["model"] == "mlp")
+    assert again.data["trials"][0] == mlp  # kept, not trained again
+    with pytest.raises(RnnlabError, match="holds another trial"):  # a setting of the trial itself differs
+        ex.run("memory", tmp_path, seeds=1, resume=True, **{**_tiny(), "budget": 1600})
+
+
 def test_memory_gated_rnns_learn_a_lag_the_window_mlp_cannot(tmp_path):
     """The claim at a small T (seconds): at T = 20 the GRU and the LSTM solve the adding problem
     (test MSE < 0.01, a sixteenth of the baseline), while the window MLP, which cannot see the

@@ -175,6 +175,7 @@ class Config:
         return self.budget or max(self.min_budget, self.budget_per_step * T)
 
 
+SELECTION = ("tasks", "lags", "models")  # the fields that choose trials rather than set them
 DEFAULT = Config()
 QUICK = Config(tasks=("adding", "copy"), lags={"adding": (10, 20), "copy": (10,)},
                hidden=32, mlp_hidden=32, lr=1e-2, lr_irnn=1e-3, budget=12_000, min_budget=0, window_budget=3000,
@@ -365,10 +366,8 @@ def _finish(out, model, task, T, test, t0, c0):
 
 
 def _config_from(d: dict) -> Config:
-    d = dict(d)
-    d["lags"] = {k: tuple(v) for k, v in d["lags"].items()}
-    d["tasks"], d["models"] = tuple(d["tasks"]), tuple(d["models"])
-    return Config(**d)
+    """One trial's settings from its spec (which holds no selection fields)."""
+    return Config(**{k: v for k, v in d.items() if k not in SELECTION})
 
 
 # ------------------------------------------------------------------------------------ the experiment
@@ -380,6 +379,8 @@ def make_trials(cfg: Config, seeds: int) -> list:
              for s in range(seeds)]
     cells.sort(key=lambda c: -c[1])
     conf = asdict(cfg)
+    for key in SELECTION:  # what the command selected is not part of a trial, so a resumed run may select again
+        del conf[key]
     return [Trial(f"{task}_T={T}_{kind}_seed={s}", TRIAL_FN,
                   {"task": task, "model": kind, "T": T, "seed": s, "config": conf}) for task, T, kind, s in cells]
 
