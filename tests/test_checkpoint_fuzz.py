@@ -1,15 +1,16 @@
 """Fuzz tests: damaged checkpoints and JSON files give a clean load or RnnlabError, nothing else.
 
-Every case asserts the only two acceptable outcomes: a load that returns exactly the original
-tensors and meta (and matches ``expected``), or an :class:`RnnlabError` with a one-line
-message. Any other exception, a hang or a large allocation fails the test. Hypothesis runs
-derandomized so CI sees the same cases every time; in total well over 1,000 cases run.
+Every case asserts the one acceptable outcome: a load that returns exactly the original tensors
+and meta (and matches ``expected``) where the file is intact, an :class:`RnnlabError` with a
+one-line message where it is damaged. Any other exception, or a load that allocates more than
+a few MB for these files of a few hundred bytes, fails the test. Hypothesis runs derandomized
+so CI sees the same cases every time; in total well over 1,000 cases run. How long loads take
+(the damaged ones included) is measured by ``benchmarks/checkpoint_load.py``, not asserted here.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -56,29 +57,39 @@ def _workdir(tmp_path_factory):
     yield
 
 
+#: What one load of these small files may allocate at most (traced by tracemalloc); a loader that
+#: believed a damaged header's sizes would ask for gigabytes.
+LOAD_PEAK_BYTES = 2**20
+
+
 def outcome(data: bytes, expected=EXPECTED) -> str:
-    """Load ``data`` as a checkpoint; return "ok" or "error", failing on anything else."""
+    """Load ``data`` as a checkpoint; return "ok" or "error", failing on anything else (another
+    exception, a wrong tensor or meta, a peak allocation of :data:`LOAD_PEAK_BYTES` or more)."""
     path = WORK / "case.safetensors"
     path.write_bytes(data)
-    start = time.perf_counter()
+    error = None
+    tracemalloc.start()
     try:
         tensors, meta = load_checkpoint(path, expected)
     except RnnlabError as exc:
-        msg = str(exc)
+        error = exc
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < LOAD_PEAK_BYTES, f"the load allocated {peak} bytes"
+    if error is not None:
+        msg = str(error)
         assert msg and "\n" not in msg and str(path) in msg, msg
-        result = "error"
-    else:
-        specs = EXPECTED if expected is None else expected
-        assert sorted(tensors) == sorted(specs)
-        for name, (shape, dtype) in specs.items():
-            assert tensors[name].shape == tuple(shape)
-            assert tensors[name].dtype == np.dtype(dtype)
-            assert tensors[name].flags.writeable
-            np.testing.assert_array_equal(tensors[name], ORIGINAL[name])
-        assert meta == META
-        result = "ok"
-    assert time.perf_counter() - start < 5.0, "load took too long"
-    return result
+        return "error"
+    specs = EXPECTED if expected is None else expected
+    assert sorted(tensors) == sorted(specs)
+    for name, (shape, dtype) in specs.items():
+        assert tensors[name].shape == tuple(shape)
+        assert tensors[name].dtype == np.dtype(dtype)
+        assert tensors[name].flags.writeable
+        np.testing.assert_array_equal(tensors[name], ORIGINAL[name])
+    assert meta == META
+    return "ok"
 
 
 def with_header(header, data: bytes | None = None) -> bytes:
@@ -95,6 +106,8 @@ def with_header(header, data: bytes | None = None) -> bytes:
 
 def test_valid_roundtrip_and_inspect():
     assert outcome(VALID) == "ok"
+    # the header as the fuzz tests re-serialise it (other spacing) is intact too
+    assert outcome(with_header(_copy_header())) == outcome(with_header(_copy_header()), None) == "ok"
     tensors, meta = load_checkpoint(WORK / "valid.safetensors")
     assert meta == META and sorted(tensors) == sorted(ORIGINAL)
     specs, meta2 = inspect_checkpoint(WORK / "valid.safetensors")
@@ -113,16 +126,22 @@ def test_not_a_file_cases(tmp_path):
         with pytest.raises(RnnlabError) as ei:
             load_checkpoint(path, EXPECTED)
         assert "\n" not in str(ei.value) and str(path) in str(ei.value), name
-    with pytest.raises(RnnlabError, match="--checkpoint last|best"):
+    with pytest.raises(RnnlabError, match=r"--checkpoint last\|best"):  # the fix it suggests, verbatim
         load_checkpoint(cases["empty"])
 
 
 def test_size_limit_checked_before_reading(tmp_path):
     p = tmp_path / "big.safetensors"
-    with open(p, "wb") as fh:
-        fh.truncate(2 * 2**20)
-    with pytest.raises(RnnlabError, match=r"more than the .* limit"):
-        load_checkpoint(p, max_bytes=2**20)
+    with open(p, "wb") as fh:  # sparse: 8 MB on paper
+        fh.truncate(8 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RnnlabError, match=r"more than the .* limit"):
+            load_checkpoint(p, max_bytes=2**20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, "the file was read before its size was checked"
 
 
 def test_truncation_at_every_offset():
@@ -148,9 +167,8 @@ def test_random_bit_flips(data):
     buf = bytearray(VALID)
     for b in bits:
         buf[b // 8] ^= 1 << (b % 8)
-    result = outcome(bytes(buf))
-    if bytes(buf) != VALID:
-        assert result == "error"
+    # a bit flipped an even number of times is back: the file is intact and must load
+    assert outcome(bytes(buf)) == ("ok" if bytes(buf) == VALID else "error")
 
 
 @settings(max_examples=60, **FUZZ)
@@ -270,8 +288,8 @@ def damaged_headers(draw):
 def test_damaged_header_json(header, check_expected):
     # without ``expected`` the header checks alone must stop a bad file before allocation
     result = outcome(with_header(header), EXPECTED if check_expected else None)
-    if header != HEADER:
-        assert result == "error"
+    # compared as JSON text: 5.0 == 5 in Python, but a float offset is damage
+    assert result == ("ok" if json.dumps(header) == json.dumps(HEADER) else "error")
 
 
 def _mutated(change) -> bytes:
@@ -300,6 +318,8 @@ TARGETED = [
     ("float dim", _set("embed.W", "shape", [5.0, 3]), "invalid shape"),
     ("zero-size giant", _set("empty", "shape", [0, 2**40, 2**40]), "impossible shape"),
     ("giant", _set("embed.W", "shape", [10**6, 10**6]), "does not match its shape"),
+    ("float offsets", lambda h: h["embed.W"].update(data_offsets=[float(o) for o in h["embed.W"]["data_offsets"]]),
+     "invalid data_offsets"),
     ("past the end", _set("mask", "data_offsets", [112, 10**9]), "outside the file"),
     ("reversed", _set("embed.W", "data_offsets", [108, 48]), "outside the file"),
     ("negative offset", _set("embed.W", "data_offsets", [-60, 0]), "outside the file"),
@@ -349,17 +369,7 @@ def test_huge_declared_shape_allocates_nothing(shape, consistent):
     entry["shape"] = shape
     if consistent:
         entry["data_offsets"] = [b, b + 4 * int(np.prod(shape, dtype=object))]
-    data = with_header(h)
-    tracemalloc.start()
-    try:
-        start = time.perf_counter()
-        assert outcome(data) == "error"
-        elapsed = time.perf_counter() - start
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert elapsed < 2.0
-    assert peak < 4 * 2**20, f"peak {peak} bytes"
+    assert outcome(with_header(h)) == "error"  # and, checked there, without allocating 1 MB
 
 
 def test_oversized_header_is_not_read(tmp_path):
@@ -481,26 +491,50 @@ def _read_json_outcome(raw: bytes):
     return obj
 
 
+def _strict_json_object(raw: bytes):
+    """What read_json promises for ``raw``, from the standard library alone: the object when
+    ``raw`` is UTF-8 text of strict JSON (no NaN or Infinity, no repeated key) holding an
+    object, else None (an error)."""
+    def no_constants(name):
+        raise ValueError(name)
+
+    def pairs(items):
+        if len({k for k, _ in items}) != len(items):
+            raise ValueError("repeated key")
+        return dict(items)
+
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=no_constants, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 @settings(max_examples=200, **FUZZ)
 @given(st.data())
 def test_read_json_damage(valid_config, data):
-    kind = data.draw(st.sampled_from(["truncate", "flip", "wrong_type", "garbage", "splice"]))
+    kind = data.draw(st.sampled_from(["truncate", "flip", "wrong_type", "garbage", "splice", "constants"]))
     if kind == "truncate":
         n = data.draw(st.integers(0, len(valid_config) - 1))
         raw = valid_config[:n]
-        obj = _read_json_outcome(raw)
-        assert obj is None or raw.strip() == valid_config.strip()
+        want = CONFIG if raw.strip() == valid_config.strip() else None  # only the final newline cut
     elif kind == "flip":
         buf = bytearray(valid_config)
         for b in data.draw(st.lists(st.integers(0, len(buf) * 8 - 1), min_size=1, max_size=3)):
             buf[b // 8] ^= 1 << (b % 8)
-        _read_json_outcome(bytes(buf))
+        raw = bytes(buf)
+        want = _strict_json_object(raw)  # a flip may leave valid JSON: "64" -> "66", "gru" -> "gr5"
     elif kind == "wrong_type":
         value = data.draw(json_values.filter(lambda v: not isinstance(v, dict))
                           | st.lists(st.just(CONFIG), max_size=2))
-        assert _read_json_outcome(json.dumps(value).encode()) is None
+        raw, want = json.dumps(value).encode(), None
     elif kind == "garbage":
-        _read_json_outcome(data.draw(st.binary(max_size=300)))
-    else:  # a valid object with junk after it
-        junk = data.draw(st.binary(min_size=1, max_size=20).filter(lambda b: b.strip()))
-        assert _read_json_outcome(valid_config + junk) is None
+        raw = data.draw(st.binary(max_size=300) | st.text(max_size=40).map(str.encode))
+        want = _strict_json_object(raw)
+    elif kind == "splice":  # a valid object with junk after it
+        raw = valid_config + data.draw(st.binary(min_size=1, max_size=20).filter(lambda b: b.strip()))
+        want = None
+    else:  # a value Python's json accepts but strict JSON does not
+        raw = valid_config.replace(b"0.002", data.draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity"])))
+        want = None
+    assert _read_json_outcome(raw) == want

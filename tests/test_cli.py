@@ -1,9 +1,10 @@
 """The ``rnnlab`` command end to end, and its promise about bad input.
 
 Every test here runs the real command: in-process through :func:`rnnlab.cli.main` (fast, with
-``capsys``), or as a subprocess through the installed ``rnnlab`` entry point where the process
-boundary matters. Models are tiny (one LSTM layer of 16 units, batches of 4 x 8 characters)
-so that the whole file runs in seconds on a shared CPU.
+``capsys``), or as a subprocess, ``python -m rnnlab``, where the process boundary matters (so it
+runs wherever the tests run, whether or not a console script is installed). Models are tiny (one
+LSTM layer of 16 units, batches of 4 x 8 characters) so that the whole file runs in seconds on a
+shared CPU.
 
 What each test proves is listed in docs/reliability.md.
 """
@@ -28,8 +29,8 @@ from rnnlab.lm.checkpoint import inspect_checkpoint, load_checkpoint
 from rnnlab.lm.rundir import RunDir
 
 TINY = ["--model", "lstm", "--layers", "1", "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8",
-        "--quiet"]
-ENTRY_POINT = Path(sys.executable).with_name("rnnlab")
+        "--dropout", "0", "--quiet"]  # every size option given: no automatic choice (lm/auto.py) depends on --max-steps
+RNNLAB = [sys.executable, "-m", "rnnlab"]
 SRC = Path(__file__).resolve().parents[1] / "src" / "rnnlab"
 
 
@@ -43,11 +44,8 @@ def cli(capsys, *argv):
 
 
 def run_entry_point(*argv, timeout=120, env=None):
-    """Run the installed ``rnnlab`` console script as a separate process."""
-    if not ENTRY_POINT.exists():
-        pytest.skip(f"the rnnlab entry point is not installed next to {sys.executable}")
-    return subprocess.run([str(ENTRY_POINT), *map(str, argv)], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    """Run ``python -m rnnlab ARGV`` as a separate process."""
+    return subprocess.run([*RNNLAB, *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 WORDS = ("the cat sat on a mat and the dog ran far away then slept in the sun while a bird sang "
@@ -192,6 +190,33 @@ def test_a_one_step_run_still_reports_its_speed(texts, tmp_path, capsys):
     assert rc == 0, err
     m = re.search(r"trained 1 step in \d+ s \(([\d,]+) chars/s\)", out)
     assert m and int(m.group(1).replace(",", "")) > 0, out
+
+
+@pytest.mark.parametrize("command, module, hint", [
+    ("train", "train", "use a smaller --batch or --hidden or --seq-len"),
+    ("eval", "runs", "use a shorter text, or free memory")])
+def test_out_of_memory_names_what_this_command_can_shrink(command, module, hint, runs, texts, capsys, monkeypatch):
+    """A MemoryError is one line and exit 2; the advice names only options the command has."""
+    import importlib
+
+    def exhausted(args):
+        raise MemoryError
+
+    monkeypatch.setattr(importlib.import_module(f"rnnlab.cli.{module}"), f"cmd_{command}", exhausted)
+    argv = ["train", texts["en"], "--out", "unused"] if command == "train" else ["eval", runs["stream"], texts["en"]]
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 2 and out == "" and err == f"rnnlab: out of memory: {hint}\n"
+
+
+def test_out_of_memory_before_the_arguments_are_parsed_is_one_line_too(capsys, monkeypatch):
+    import rnnlab.cli as cli_pkg
+
+    def exhausted():
+        raise MemoryError
+
+    monkeypatch.setattr(cli_pkg, "build_parser", exhausted)
+    rc, out, err = cli(capsys, "info", "somewhere")
+    assert rc == 2 and err == "rnnlab: out of memory: use a shorter text, or free memory\n"
 
 
 # ------------------------------------------------------------------------------------ sample
@@ -375,7 +400,7 @@ def test_gradcheck(capsys):
 
 
 def test_demo(tmp_path):
-    """``rnnlab demo --seconds 3`` trains, reports and samples (subprocess: the real entry point).
+    """``rnnlab demo --seconds 3`` trains, reports and samples (subprocess: ``python -m rnnlab``).
     One BLAS thread: on a small shared machine OpenBLAS threads slow this LSTM down several-fold."""
     out = tmp_path / "demo"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -461,7 +486,9 @@ BAD_INPUT = {
     "dropout-one": ([*TRAIN, "--dropout", "1"], ["--dropout", "[0, 1)"], None),
     "val-frac-too-big": ([*TRAIN, "--val-frac", "1.5"], ["--val-frac", "0.99"], None),
     "fracs-leave-nothing": ([*TRAIN, "--val-frac", "0.6", "--test-frac", "0.5"], ["nothing to train on"], None),
-    "model-unknown": ([*TRAIN, "--model", "transformer"], ["--model", "lstm"], None),
+    "model-unknown": ([*TRAIN, "--model", "mamba"], ["--model", "lstm", "transformer"], None),
+    "heads-not-dividing-width": ([*TRAIN, "--model", "transformer", "--hidden", "30", "--heads", "4"],
+                                 ["--heads", "--hidden", "divide"], None),
     "optimizer-unknown": ([*TRAIN, "--optimizer", "lion"], ["--optimizer", "adam"], None),
     "embed-zero-mlp": ([*TRAIN, "--model", "mlp", "--embed", "0"], ["--embed", "mlp"], None),
     "option-unknown": ([*TRAIN, "--bogus"], ["unrecognized", "--bogus", "--help"], None),
@@ -492,7 +519,7 @@ BAD_INPUT = {
                                     lambda ws: _truncate(ws / _ckpt("last"), 100)),
     "checkpoint-bit-flip": (["sample", RUN], ["best.safetensors", "checksum"], lambda ws: _flip(ws / _ckpt("best"))),
     "checkpoint-garbage": (["sample", RUN], ["best.safetensors", "corrupt"],
-                           _write(_ckpt("best"), os.urandom(3000))),
+                           _write(_ckpt("best"), np.random.default_rng(0).bytes(3000))),
     "checkpoint-empty": (["sample", RUN], ["best.safetensors", "empty"], _write(_ckpt("best"), b"")),
     "resume-corrupt-checkpoint": (["train", "{ws}/en.txt", "--out", RUN, "--resume", "--quiet"],
                                   ["cannot resume", "last.safetensors", "--force"],
@@ -507,14 +534,15 @@ BAD_INPUT = {
     "existing-run-no-flag": (["train", "{ws}/en.txt", "--out", RUN, *TINY], ["already holds a run", "--resume", "--force"], None),
     "resume-nothing-there": (["train", "{ws}/en.txt", "--out", "{ws}/new", "--resume"], ["nothing to resume", "without --resume"], None),
     "resume-other-text": (["train", "{ws}/other.txt", "--out", RUN, "--resume"], ["other.txt", "not the text", "same file"], None),
-    "resume-changed-option": (["train", "{ws}/en.txt", "--out", RUN, "--resume", "--hidden", "32"], ["--hidden", "drop", "--resume"], None),
+    "resume-changed-option": (["train", "{ws}/en.txt", "--out", RUN, "--resume", "--hidden", "32"],
+                              ["--hidden 32 (the run has 16)", "--resume", "--force"], None),
     "force-and-resume": (["train", "{ws}/en.txt", "--out", RUN, "--resume", "--force"], ["--force", "--resume", "exclude"], None),
     "out-is-a-file": (["train", "{ws}/en.txt", "--out", "{ws}/afile", *TINY], ["afile", "not a directory"], None),
     "out-under-a-file": (["train", "{ws}/en.txt", "--out", "{ws}/afile/run", *TINY], ["afile", "is a file"], None),
     "run-in-use": (["train", "{ws}/en.txt", "--out", RUN, "--resume", "--quiet"], ["in use by another rnnlab process",
                                                                                    f"pid {os.getpid()}"], _hold_lock),
 }
-# A few cases also go through the installed console script, to prove the real entry point behaves alike.
+# A few cases also run as a separate process (python -m rnnlab), to prove a real process behaves alike.
 VIA_SUBPROCESS = ["text-missing", "checkpoint-bit-flip", "lr-zero", "prime-unseen"]
 
 

@@ -17,7 +17,6 @@ from rnnlab import experiments as ex
 from rnnlab.data import synthetic as syn
 from rnnlab.errors import RnnlabError
 from rnnlab.experiments import memory, seqmodels, sharing
-from rnnlab.experiments.train import TrainConfig, evaluate, train
 
 
 def _check_files(res, min_rows: int) -> None:
@@ -49,13 +48,35 @@ def test_synthetic_tasks_have_the_stated_targets():
     assert np.array_equal(m.y[0], (2 * m.x[..., 1].sum(0) > m.lengths).astype(int))
     a = syn.adding(rng, 20000, 30)
     assert a.x.shape == (30, 20000, 2) and np.all((a.x[..., 1] == 1).sum(0) == 2)
+    assert np.all((a.x[:15, :, 1] == 1).sum(0) == 1) and np.all((a.x[15:, :, 1] == 1).sum(0) == 1)  # one per half
     marked = np.where(a.x[..., 1] == 1, a.x[..., 0], 0).sum(0)
-    assert np.allclose(a.y[0, :, 0], 0.5 + marked / 4, atol=1e-6)
-    assert (a.x[15:, :, 1] == 1).sum() == 0  # both marks in the first half
-    assert abs(float(((a.y - 0.5) ** 2).mean()) - syn.ADDING_BASELINE_MSE) < 2e-3
+    assert np.allclose(a.y[0, :, 0], marked, atol=1e-6) and a.x[..., 0].min() >= 0
+    assert abs(float(((a.y - 1.0) ** 2).mean()) - syn.ADDING_BASELINE_MSE) < 5e-3
+    h = syn.adding_hs(rng, 20000, 40)
+    assert h.lengths.min() == 40 and h.lengths.max() == 44 and h.x.shape[0] == 44
+    marks = h.x[..., 1]
+    assert np.all((marks == 1).sum(0) == 2) and np.all((marks[:10] == 1).sum(0) >= 1)
+    assert np.all((marks[19:] == 1).sum(0) == 0)  # the second among the first T/2 - 1 = 19
+    assert np.all(marks[h.lengths - 1, np.arange(20000)] == -1)
+    first_marked = marks[0] == 1
+    marked = np.where(marks == 1, h.x[..., 0], 0).sum(0)
+    assert np.allclose(h.y[0, :, 0], 0.5 + marked / 4, atol=1e-6) and np.all(h.x[0, first_marked, 0] == 0)
+    assert abs(float(((h.y - 0.5) ** 2).mean()) - syn.adding_hs_baseline(40)) < 2e-3
+    assert abs(float((np.abs(h.y - 0.5) < 0.04).mean()) - syn.adding_hs_baseline_within(40)) < 0.01
     c = syn.copy_memory(rng, 8, T=7, n_copy=3, n_symbols=4)
-    ids = c.x.argmax(-1)  # (N+T+N, B)
-    assert c.x.shape == (13, 8, 6) and np.array_equal(ids[:3], c.y) and np.all(ids[9] == 5)
+    ids = c.x.argmax(-1)  # (T+2N, B)
+    assert c.x.shape == (13, 8, 6) and c.y.shape == (13, 8)
+    assert np.array_equal(ids[:3], c.y[-3:]) and np.all(ids[3:9] == 0) and np.all(ids[9] == 5) and np.all(c.y[:10] == 0)
+    assert ids[:3].min() >= 1 and math.isclose(syn.copy_baseline(7, 3, 4), 3 * math.log(4) / 13)
+    t = syn.temporal_order(rng, 64, 30)
+    ids = t.x.argmax(-1)
+    rel = (ids == 4) | (ids == 5)  # X, Y
+    assert np.all(rel.sum(0) == 2) and np.all(ids[0] == 6) and np.all(ids[t.lengths - 1, np.arange(64)] == 7)
+    pos = np.argwhere(rel.T)  # (2B, 2): (sequence, step)
+    first, second = pos[0::2, 1], pos[1::2, 1]
+    assert first.min() >= 3 and first.max() <= 6 and second.min() >= 15 and second.max() <= 18
+    order = 2 * (ids[first, np.arange(64)] == 5) + (ids[second, np.arange(64)] == 5)
+    assert np.array_equal(order, t.y[0])
 
 
 def test_padded_batches_give_per_sequence_results():
@@ -95,50 +116,108 @@ def test_length_fixed_window_is_at_chance_on_parity_beyond_it(length_result):
 # ---------------------------------------------------------------------------------- memory
 @pytest.fixture(scope="module")
 def memory_result(out):
-    return ex.run("memory", out, quick=True, seeds=3)
+    return ex.run("memory", out / "memory", quick=True, seeds=1, progress=False)
 
 
 def test_memory_writes_report(memory_result):
-    _check_files(memory_result, min_rows=20)
-    lags = memory_result.data["config"].lags
-    assert set(lags) >= {5, 10, 20, 50, 100}
+    _check_files(memory_result, min_rows=24)  # one CSV row per trial
+    md = memory_result.paths["md"].read_text(encoding="utf-8")
+    assert "copy task" in md and "median training sequences to success" in md
+    assert (memory_result.paths["md"].parent / "memory-trials").is_dir()
 
 
-def test_memory_parameters_and_windows(memory_result):
-    rows = memory_result.tables["main"]
-    p = {(r["task"], r["model"], r["T"]): r["params"] for r in rows}
-    assert p[("adding", "lstm", 5)] == p[("adding", "lstm", 100)]  # shared over time
-    assert p[("adding", "mlp-full", 100)] > p[("adding", "mlp-full", 5)]
-    # the fixed-window MLP at T = 50 sees none of the marked values: no better than memoryless
-    mse = {(r["task"], r["model"], r["T"]): r["metric_mean"] for r in rows}
-    assert mse[("adding", "mlp", 50)] > 0.85 * syn.ADDING_BASELINE_MSE
-    assert all(r["successes"] == 0 for r in rows if r["model"] == "guess" and r["T"] >= 20)
+def test_memory_parameters_windows_and_stops(memory_result):
+    trials = memory_result.data["trials"]
+    by = {(r["task"], r["model"], r["T"]): r for r in trials}
+    assert by[("adding", "lstm", 10)]["params"] == by[("adding", "lstm", 20)]["params"]  # shared over time
+    assert by[("adding", "mlp-full", 20)]["params"] > by[("adding", "mlp-full", 10)]["params"]
+    # at T = 20 the nearest marked value is 10 steps back: the window of the last 10 never sees one;
+    # it trains for the short window budget only, and stays at the memoryless baseline
+    blind = by[("adding", "mlp", 20)]
+    assert blind["stop"] == "window misses the relevant inputs" and blind["sequences"] < memory.QUICK.budget / 2
+    assert blind["test_metric"] > 0.85 * syn.ADDING_BASELINE_MSE
+    assert by[("adding", "mlp", 10)]["stop"] != blind["stop"]
+    assert all(not r["success"] for r in trials if r["model"] == "guess")
+    assert all(r["sequences_to_success"] is None for r in trials if not r["success"])
 
 
-def test_memory_lstm_learns_the_adding_problem_the_window_mlp_cannot():
-    """Dedicated seeded setting (quick mode is too short for the LSTM's plateau): adding at
-    T = 20, both marks in the first 10 steps, so a window of the last 10 sees none of them.
-    T = 50 would need more than 4000 steps here (measured), too slow for a unit test.
+def _tiny(**kw):
+    return dict(tasks=["adding"], lags=[20], models=["gru", "mlp"], budget=800, quick=True, progress=False,
+                val_size=64, test_size=1000, **kw)
 
-    The LSTM leaves the plateau within 2500 steps in about 4 of 5 seeds (measured: 600-1800
-    steps), so up to three seeded runs are allowed; the claim is that it *can* learn the lag.
-    """
-    T, cfg = 20, memory.Config(hidden=32)
-    test = syn.adding(np.random.default_rng(100), 1000, T)
-    val = syn.adding(np.random.default_rng(101), 256, T)
-    base = syn.ADDING_BASELINE_MSE
-    results = []
-    for init, data in ((3, 4), (7, 8), (9, 10)):
-        lstm = memory._build("lstm", "adding", T, cfg, np.random.default_rng(init))
-        train(lstm, lambda r: syn.adding(r, 32, T), TrainConfig(steps=2500, lr=1e-2), np.random.default_rng(data),
-              until=lambda m: evaluate(m, val)["loss"] < 0.2 * base, check_every=100)
-        results.append(evaluate(lstm, test)["loss"])
-        if results[-1] < 0.5 * base:
-            break
-    assert min(results) < 0.5 * base, results
-    mlp = memory._build("mlp", "adding", T, cfg, np.random.default_rng(3))
-    train(mlp, lambda r: syn.adding(r, 32, T), TrainConfig(steps=300, lr=1e-2), np.random.default_rng(4))
-    assert evaluate(mlp, test)["loss"] > 0.85 * base
+
+def test_memory_trials_in_parallel_equal_serial(tmp_path):
+    one = ex.run("memory", tmp_path / "one", seeds=2, workers=1, **_tiny())
+    two = ex.run("memory", tmp_path / "two", seeds=2, workers=2, **_tiny())
+    key = lambda rows: sorted((r["model"], r["seed"], r["test_metric"], r["test_loss"], r["sequences"]) for r in rows)
+    assert key(one.data["trials"]) == key(two.data["trials"])
+    assert len({r["test_metric"] for r in one.data["trials"]}) == 4  # the seeds differ
+
+
+def test_memory_trial_resumes_exactly(tmp_path):
+    """A trial stopped after it checkpointed ends exactly as one that ran straight through."""
+    from rnnlab.trials.spec import TrialContext, TrialDir
+
+    cfg = memory.configure(quick=True, tasks=["adding"], lags=[20], models=["lstm"], budget=1600, save_every=0.0)
+    trial = memory.make_trials(cfg, 1)[0]
+    first = TrialDir(tmp_path / "a", trial.name)
+    first.prepare(trial)
+    straight = memory.run_trial(trial.params, TrialContext(first))
+
+    class Dies(TrialContext):
+        def report(self, **m):
+            if m["sequences"] >= 1200:
+                raise KeyboardInterrupt  # killed between checks; the state of the last one is on disk
+            return super().report(**m)
+
+    tdir = TrialDir(tmp_path / "b", trial.name)
+    tdir.prepare(trial)
+    with pytest.raises(KeyboardInterrupt):
+        memory.run_trial(trial.params, Dies(tdir))
+    assert (tdir.path / "state.safetensors").is_file()
+    resumed = memory.run_trial(trial.params, TrialContext(tdir))
+    for r in (straight, resumed):
+        r.pop("seconds"), r.pop("cpu_seconds")  # times differ; everything else is exact
+    assert resumed == straight
+
+
+def test_memory_resume_may_select_a_subset_of_the_trials(tmp_path):
+    """A run resumed with fewer lags or models keeps the trials it has (a trial's spec holds its
+    own settings, not the command's selection) and reports only the selected ones."""
+    both = ex.run("memory", tmp_path, seeds=1, **_tiny())
+    again = ex.run("memory", tmp_path, seeds=1, resume=True, **{**_tiny(), "models": ["mlp"]})
+    assert [r["model"] for r in again.data["trials"]] == ["mlp"]
+    mlp = next(r for r in both.data["trials"] if r["model"] == "mlp")
+    assert again.data["trials"][0] == mlp  # kept, not trained again
+    with pytest.raises(RnnlabError, match="holds another trial"):  # a setting of the trial itself differs
+        ex.run("memory", tmp_path, seeds=1, resume=True, **{**_tiny(), "budget": 1600})
+
+
+def test_memory_gated_rnns_learn_a_lag_the_window_mlp_cannot(tmp_path):
+    """The claim at a small T (seconds): at T = 20 the GRU and the LSTM solve the adding problem
+    (test MSE < 0.01, a sixteenth of the baseline), while the window MLP, which cannot see the
+    first marked value, stays at the memoryless baseline."""
+    res = ex.run("memory", tmp_path, seeds=1, tasks=["adding"], lags=[20], models=["gru", "lstm", "mlp"],
+                 budget=20_000, quick=True, progress=False)
+    by = {r["model"]: r for r in res.data["trials"]}
+    assert by["gru"]["success"] and by["lstm"]["success"], by
+    assert by["gru"]["test_metric"] < 0.01 and by["gru"]["sequences_to_success"] <= 20_000
+    assert not by["mlp"]["success"] and by["mlp"]["test_metric"] > 0.85 * syn.ADDING_BASELINE_MSE
+
+
+def test_memory_options_are_checked():
+    with pytest.raises(RnnlabError, match="unknown task"):
+        memory.configure(tasks=["nope"])
+    with pytest.raises(RnnlabError, match="unknown model"):
+        memory.configure(models=["transformer"])
+    with pytest.raises(RnnlabError, match="too short for adding-hs"):
+        memory.configure(tasks=["adding-hs"], lags=[10])
+    with pytest.raises(RnnlabError, match="--budget"):
+        memory.configure(budget=10)
+    with pytest.raises(RnnlabError, match="memory experiment only"):
+        ex.cli_main(["sharing", "--lags", "10"])
+    with pytest.raises(RnnlabError, match="parallel trials"):
+        ex.cli_main(["sharing", "--workers", "2"])
 
 
 # ---------------------------------------------------------------------------------- gradients
@@ -233,6 +312,19 @@ def test_context_mlp_parameters_grow_with_k_and_more_context_helps(tmp_path):
 def test_compare_runs_every_model_kind_under_a_budget(tmp_path):
     res = ex.run("compare", tmp_path, quick=True, seeds=1, budget=1.0)
     rows = {r["model"]: r for r in res.tables["main"]}
-    assert set(rows) == {"bigram", "mlp", "cnn", "rnn", "lstm", "gru"}
+    assert set(rows) == {"bigram", "mlp", "cnn", "bow", "rnn", "lstm", "gru", "mingru", "minlstm", "transformer"}
     assert all(r["parameters"] > 0 and math.isfinite(r["val_bpc_mean"]) for r in rows.values())
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_parallel_measures_every_model_at_every_length(tmp_path):
+    res = ex.run("parallel", tmp_path, quick=True, seeds=1)
+    rows = res.data["rows"]
+    from rnnlab.experiments.parallel import MODELS, QUICK
+
+    assert {(r["model"], r["T"]) for r in rows} == {(m, T) for m in MODELS for T in QUICK.lengths}
+    for m in MODELS:  # every model's activations grow with the sequence, so its traced peak does too
+        peaks = [r["peak_mb"] for r in rows if r["model"] == m]
+        assert all(b > a > 0 for a, b in zip(peaks, peaks[1:])), (m, peaks)
+    assert all(r["step_ms_mean"] > 0 and r["chars_per_s"] > 0 for r in rows)
+    assert {p.name for p in tmp_path.iterdir()} >= {"parallel.md", "parallel.csv", "parallel.png"}

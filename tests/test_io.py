@@ -292,16 +292,34 @@ def test_jsonl_corrupt_middle_line_is_an_error(tmp_path):
         read_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_jsonl_disk_full(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage", ["write", "fsync"])
+def test_jsonl_disk_full_takes_the_line_back(tmp_path, monkeypatch, stage):
+    """ENOSPC after part of the line is written, or at fsync: a one-line error, and the log is
+    byte-identical to before (the fragment is truncated away), so appending continues cleanly."""
     p = tmp_path / "metrics.jsonl"
     append_jsonl(p, {"step": 1})
+    before = p.read_bytes()
+    real_write = os.write
 
-    def full(fd):
+    def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(RnnlabError, match="disk full"):
-        append_jsonl(p, {"step": 2})
+    def half_then_full(fd, data):
+        if len(data) > 4:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        return full()
+
+    if stage == "write":
+        monkeypatch.setattr(os, "write", half_then_full)
+    else:
+        monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RnnlabError, match="disk full") as ei:
+        append_jsonl(p, {"step": 2, "loss": 1.5})
+    monkeypatch.undo()
+    assert str(p) in one_line_error(ei)
+    assert p.read_bytes() == before
+    append_jsonl(p, {"step": 3})
+    assert read_jsonl(p) == [{"step": 1}, {"step": 3}]
 
 
 # --------------------------------------------------------------------------------------------

@@ -431,8 +431,8 @@ def test_load_state_dict_errors_leave_optimizer_unchanged():
         target.load_state_dict({k: v for k, v in good.items() if k != "eps"})
     assert target.lr == 0.03 and target.step_count == 0 and not target.amsgrad
     assert not any(a.any() for s in target.slots.values() for a in s.values())
+    tensors, meta = optim.flatten_state(good)
     with pytest.raises(RnnlabError, match="not a slot"):
-        tensors, meta = optim.flatten_state(good)
         optim.unflatten_state({**tensors, "optim.bogus.head.W": np.zeros((3, 4))}, meta)
 
 

@@ -1,7 +1,8 @@
 """Faults: Ctrl-C, SIGKILL at random moments, NaN/Inf, a full disk, an unwritable or busy run
 directory, large inputs and long samples.
 
-Processes that must really die are real subprocesses of the installed ``rnnlab`` entry point;
+Processes that must really die are real subprocesses (``python -m rnnlab``, so they run wherever
+the tests run, whether or not a console script is installed);
 faults that cannot be caused for real on a test machine (a full disk, a read-only directory
 when the tests run as root) are injected by monkeypatching the file layer, in-process.
 Nothing here waits a fixed time for something to happen: tests poll for files with a timeout.
@@ -21,95 +22,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import (RNNLAB, assert_one_line_error, assert_same_tensors, cli, english_text, file_bytes, file_id,
+                      last_of, temporaries, wait_for)
 
 import rnnlab.io as rio
-from rnnlab.cli import main
 from rnnlab.io import read_jsonl
 from rnnlab.lm.checkpoint import load_checkpoint, save_checkpoint
 from rnnlab.lm.rundir import RunDir
 from rnnlab.lm.trainer import read_run
 
 TINY = ["--model", "lstm", "--layers", "1", "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "8",
-        "--quiet"]
-ENTRY_POINT = Path(sys.executable).with_name("rnnlab")
+        "--dropout", "0", "--quiet"]  # every size option given: no automatic choice (lm/auto.py) depends on --max-steps
 HAS_PROC = Path("/proc/self/status").is_file() and Path("/proc/self/fd").is_dir()
-WORDS = ("the cat sat on a mat and the dog ran far away then slept in the sun while a bird sang "
-         "of rivers hills and quiet roads").split()
 
 
 # ------------------------------------------------------------------------------------ helpers
-def english_text(n_words=1000, seed=0) -> str:
-    rng = np.random.default_rng(seed)
-    words = [WORDS[i] for i in rng.integers(0, len(WORDS), n_words)]
-    return "\n".join(" ".join(words[i:i + 9]) + "." for i in range(0, n_words, 9)) + "\n"
-
-
 @pytest.fixture
 def text(tmp_path) -> Path:
     p = tmp_path / "en.txt"
     p.write_text(english_text(), encoding="utf-8")
     return p
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def entry_point() -> str:
-    if not ENTRY_POINT.exists():
-        pytest.skip(f"the rnnlab entry point is not installed next to {sys.executable}")
-    return str(ENTRY_POINT)
-
-
-def wait_for(condition, proc, timeout=60.0, what="the condition"):
-    """Poll ``condition()`` until true; fail if ``proc`` exits first or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"the process exited (status {proc.returncode}) before {what}: {err}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def file_id(p: Path):
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
-def temporaries(root: Path) -> list[str]:
-    return sorted(str(p) for p in root.rglob("*.tmp"))
-
-
-def file_bytes(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".rnnlab.lock"}
-
-
-def assert_same_tensors(a, b):
-    ta, tb = load_checkpoint(a)[0], load_checkpoint(b)[0]
-    assert sorted(ta) == sorted(tb)
-    for k in ta:
-        assert ta[k].dtype == tb[k].dtype and np.array_equal(ta[k], tb[k]), f"tensor {k} differs"
-
-
-def assert_one_line_error(rc, out, err, *words):
-    assert rc == 2, (rc, out, err)
-    assert err.startswith("rnnlab: ") and len(err.splitlines()) == 1, err
-    assert "Traceback" not in err and "internal error" not in err
-    for w in words:
-        assert w.lower() in err.lower(), f"{w!r} not in {err!r}"
-
-
-def last_of(run: Path) -> Path:
-    return run / "checkpoints" / "last.safetensors"
 
 
 # ------------------------------------------------------------------------------------ Ctrl-C and the lock
@@ -119,7 +51,7 @@ def test_ctrl_c_checkpoints_exits_0_and_resume_continues_exactly(text, tmp_path,
     trains, the run directory is locked against a second trainer but readable by `sample`."""
     run, ref = tmp_path / "run", tmp_path / "ref"
     opts = [*TINY, "--schedule", "constant", "--eval-every", "2"]
-    proc = subprocess.Popen([entry_point(), "train", str(text), "--out", str(run), *opts, "--max-steps", "1000000"],
+    proc = subprocess.Popen([*RNNLAB, "train", str(text), "--out", str(run), *opts, "--max-steps", "1000000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: last_of(run).is_file(), proc, what="the first checkpoint")
@@ -152,6 +84,7 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(text, t
 
     run = tmp_path / "run"
     real_step, kept = Trainer.train_step, {}
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a job started with `&`
 
     def step_then_ctrl_c_twice(self):
         loss = real_step(self)
@@ -165,30 +98,58 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(text, t
     rc, out, err = cli(capsys, "train", text, "--out", run, *TINY, "--max-steps", "10", "--eval-every", "3")
     assert rc == 130 and err == "rnnlab: interrupted\n"
     assert file_bytes(run) == kept and load_checkpoint(last_of(run))[1]["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is restored"
+    assert signal.getsignal(signal.SIGINT) is before, "the handler is restored"
 
 
 # ------------------------------------------------------------------------------------ SIGKILL
-def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(text, tmp_path):
-    """20 trials: start (or resume) training with a checkpoint every step, wait until this process
-    has written a checkpoint, kill it with SIGKILL after a random delay. After every kill the
-    checkpoints, config, vocabulary and metrics load, and the next trial resumes from them. In
-    the end the run, killed 20 times, continues to a state bit-identical to an unkilled run.
+PAUSE_IN_WRITE = r"""
+import os, sys, time
+import rnnlab.io as rio
+real = rio._write_all
+def write_all(fd, data):  # the test hook: stop inside the atomic write of this process's first `last`
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    if ".last.safetensors." in name:
+        real(fd, data[: len(data) // 2])
+        with open(os.environ["RNNLAB_TEST_PAUSED"], "w") as f:
+            f.write(name)
+        time.sleep(600)  # until the test kills the process
+    real(fd, data)
+rio._write_all = write_all
+from rnnlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
-    The processes use the NumPy kernels (RNNLAB_NO_NUMBA=1), whose start-up is about a second
-    shorter than loading the compiled ones; what a kill can damage does not depend on them."""
+
+@pytest.mark.parametrize("kernels, kills", [("numba", 20), ("numpy", 10)])
+def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(kernels, kills, text, tmp_path):
+    """Start (or resume) training with a checkpoint every step, wait until this process has written
+    a checkpoint, kill it with SIGKILL after a random delay; on the default path (the numba
+    kernels) and on the NumPy kernels. Two of the kills are made to land inside a checkpoint write:
+    a test hook writes half of the file and pauses there, and the kill comes while the half-written
+    temporary exists. After every kill the checkpoints, config, vocabulary and metrics load, an
+    interrupted write has left ``last`` as it was, and the next trial resumes. In the end the run,
+    killed every time, continues to a state (``last`` and ``best``) bit-identical to an unkilled
+    run."""
     rng = random.Random(1234)
-    env = {**os.environ, "RNNLAB_NO_NUMBA": "1"}
+    env = {**os.environ, "RNNLAB_NO_NUMBA": "1"} if kernels == "numpy" else \
+        {k: v for k, v in os.environ.items() if k != "RNNLAB_NO_NUMBA"}
     run, ref = tmp_path / "run", tmp_path / "ref"
+    paused = tmp_path / "paused"
     opts = [*TINY, "--schedule", "constant", "--eval-every", "1", "--max-steps", "1000000"]
+    pause_trials = {3, kills - 2} if HAS_PROC else set()
     prev_id, prev_step, mid_write = None, 0, 0
-    for trial in range(20):
-        argv = [entry_point(), "train", str(text), "--out", str(run), *(["--resume", "--quiet"] if trial else opts)]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    for trial in range(kills):
+        head = [sys.executable, "-c", PAUSE_IN_WRITE] if trial in pause_trials else RNNLAB
+        argv = [*head, "train", str(text), "--out", str(run), *(["--resume", "--quiet"] if trial else opts)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**env, "RNNLAB_TEST_PAUSED": str(paused)})
         try:
-            wait_for(lambda: file_id(last_of(run)) not in (None, prev_id), proc,
-                     what=f"a new checkpoint in trial {trial}")
-            time.sleep(rng.uniform(0.0, 0.6))  # the random moment of the kill
+            if trial in pause_trials:
+                wait_for(paused.is_file, proc, what=f"the paused write in trial {trial}")
+            else:
+                wait_for(lambda: file_id(last_of(run)) not in (None, prev_id), proc,
+                         what=f"a new checkpoint in trial {trial}")
+                time.sleep(rng.uniform(0.0, 0.6))  # the random moment of the kill
             proc.kill()
             _, err = proc.communicate()
         finally:
@@ -196,24 +157,30 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(text, tmp
                 proc.kill()
                 proc.communicate()
         assert proc.returncode == -signal.SIGKILL, err
-        mid_write += bool(temporaries(run))
         tensors, meta = load_checkpoint(last_of(run))
-        assert meta["step"] > prev_step
+        if trial in pause_trials:  # killed with half of the new `last` written: the old one is intact
+            assert [Path(t).name for t in temporaries(run)] == [paused.read_text()]
+            assert meta["step"] == prev_step and file_id(last_of(run)) == prev_id
+            paused.unlink()
+            mid_write += 1
+        else:
+            assert meta["step"] > prev_step
         load_checkpoint(run / "checkpoints" / "best.safetensors")
         read_run(RunDir(run))
         assert read_jsonl(run / "metrics.jsonl")
         prev_id, prev_step = file_id(last_of(run)), meta["step"]
-    print(f"20 kills, {mid_write} while a temporary file existed; last checkpoint at step {prev_step}")
+    assert mid_write == len(pause_trials)
     end = str(prev_step + 3)
-    p = subprocess.run([entry_point(), "train", str(text), "--out", str(run), "--resume", "--quiet",
-                        "--max-steps", end], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run([*RNNLAB, "train", str(text), "--out", str(run), "--resume", "--quiet", "--max-steps", end],
+                       capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     assert temporaries(run) == [], "a resumed run removes the temporaries of killed writers"
-    p = subprocess.run([entry_point(), "train", str(text), "--out", str(ref), *opts[:-4], "--eval-every", "1000",
-                        "--max-steps", end], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run([*RNNLAB, "train", str(text), "--out", str(ref), *opts[:-2], "--max-steps", end],
+                       capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     assert load_checkpoint(last_of(run))[1]["step"] == prev_step + 3
-    assert_same_tensors(last_of(run), last_of(ref))
+    for which in ("last", "best"):
+        assert_same_tensors(run / "checkpoints" / f"{which}.safetensors", ref / "checkpoints" / f"{which}.safetensors")
 
 
 KILL_MID_WRITE = r"""
@@ -259,12 +226,15 @@ def test_sigkill_in_the_middle_of_writing_a_checkpoint(text, tmp_path, capsys):
 def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, clip, threads, text, tmp_path, capsys,
                                                                      monkeypatch):
     import rnnlab.lm.shards as shards
+    from rnnlab.lm.trainer import Trainer
 
     run = tmp_path / "run"
     real, calls, kept = shards.softmax_cross_entropy, [], {}
-    real_step, stepping = shards.BatchShards.step, []
+    real_step, stepping = Trainer.train_step, []
 
-    def step(self, *args, **kwargs):  # marks training steps (validation batches go through loss_sum)
+    # marks the trainer's steps: validation batches, and the kernels' warm-up before the clock
+    # starts (lm/warmup.py), also compute the loss
+    def step(self, *args, **kwargs):
         stepping.append(1)
         try:
             return real_step(self, *args, **kwargs)
@@ -286,7 +256,7 @@ def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, cli
         return loss, dlogits
 
     monkeypatch.setattr(shards, "softmax_cross_entropy", faulty)
-    monkeypatch.setattr(shards.BatchShards, "step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     rc, out, err = cli(capsys, "train", text, "--out", run, *TINY, "--clip", clip, "--max-steps", "10",
                        "--eval-every", "2", "--threads", str(threads), "--plan", "split" if threads > 1 else "blas")
     assert_one_line_error(rc, out, err, "training diverged at step 5", "kept unchanged", "lower --lr", "--clip")
@@ -299,10 +269,10 @@ def test_nan_or_inf_stops_training_and_keeps_the_last_good_checkpoint(fault, cli
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_a_huge_learning_rate_is_caught_in_one_line(threads, text, tmp_path):
     """For real, in a subprocess: --lr 1e30 without clipping overflows float32. One line on stderr
-    (NumPy's overflow warnings are silenced, in the shard threads too), exit 2, and no checkpoint
-    of the broken model."""
+    (NumPy's overflow warnings are silenced, in the shard threads too; and without --quiet, no
+    progress output comes before it), exit 2, and no checkpoint of the broken model."""
     run = tmp_path / "run"
-    p = subprocess.run([entry_point(), "train", str(text), "--out", str(run), *TINY, "--optimizer", "sgd",
+    p = subprocess.run([*RNNLAB, "train", str(text), "--out", str(run), *TINY[:-1], "--optimizer", "sgd",
                         "--lr", "1e30", "--clip", "0", "--schedule", "constant", "--max-steps", "50",
                         "--eval-every", "3", "--threads", threads], capture_output=True, text=True, timeout=120)
     assert_one_line_error(p.returncode, p.stdout, p.stderr, "training diverged", "lower --lr", "--clip")

@@ -181,11 +181,59 @@ def test_one_row_and_fortran_ordered_state_gradients(layer_cls, B, monkeypatch):
             np.testing.assert_array_equal(a, b)
 
 
-def test_a_failed_self_check_disables_the_loops(monkeypatch):
+def _spy_on_self_check(monkeypatch):
+    """Record each call of the real ``_self_check`` and its answer."""
+    calls, real = [], timeloop._self_check
+
+    def spy(addr, bits, dtype):
+        calls.append((addr, bits, np.dtype(dtype), real(addr, bits, dtype)))
+        return calls[-1][-1]
+
+    monkeypatch.setattr(timeloop, "_self_check", spy)
+    return calls
+
+
+@needs_loops
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_real_lookup_passes_the_self_check_and_the_loops_compute(dtype, monkeypatch):
+    """Nothing faked: loops_for finds NumPy's GEMM, runs the self-check on it (which passes), and
+    the loops it returns compute a layer's forward pass as NumPy's matmul does."""
+    monkeypatch.setattr(timeloop, "_LOOPS", {})  # undecided, as in a fresh process
+    calls = _spy_on_self_check(monkeypatch)
+    loops = timeloop.loops_for(dtype)
+    assert isinstance(loops, timeloop.Loops)
+    assert calls == [(*blas.gemm_address(dtype), np.dtype(dtype), True)]
+    assert timeloop.loops_for(dtype) is loops and len(calls) == 1  # decided once
+    T, B, H = 5, 3, 4
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((H, H)).astype(dtype)
+    S = np.zeros((T + 1, B, H), dtype)
+    S[0] = rng.standard_normal((B, H))
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    S[1:] = x  # the loop adds S[t] @ W^T to the input projection stored in S[t + 1]
+    loops.rnn_forward(S, W, None, False, None, False, np.empty((B, H), dtype))
+    h = S[0].astype(np.float64)
+    for t in range(T):
+        h = np.tanh(x[t] + h @ W.T.astype(np.float64))
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(S[t + 1], h, rtol=tol, atol=tol)
+
+
+@needs_loops
+def test_a_gemm_that_computes_wrongly_fails_the_real_self_check(monkeypatch):
+    """The real failure path: hand loops_for the real float32 GEMM for float64 arrays (sgemm reads
+    the doubles' bytes as floats, within the arrays' bounds, and computes nonsense). The real
+    self-check catches it, and the layers keep the Python loop for float64."""
+    sgemm, bits = blas.gemm_address(np.float32)
+    assert not timeloop._self_check(sgemm, bits, np.float64)
+    assert timeloop._self_check(*blas.gemm_address(np.float64), np.float64)
     monkeypatch.setattr(timeloop, "_LOOPS", {})
-    monkeypatch.setattr(blas, "gemm_address", lambda dtype: (1234, 64))
-    monkeypatch.setattr(timeloop, "_self_check", lambda addr, bits, dtype: False)
+    monkeypatch.setattr(blas, "gemm_address", lambda dtype: (sgemm, bits))
+    calls = _spy_on_self_check(monkeypatch)
     assert timeloop.loops_for(np.float64) is None
+    assert calls == [(sgemm, bits, np.dtype(np.float64), False)]
+    assert cells.sequence_loops(np, np.dtype(np.float64)) is None  # what the layers ask
+    assert isinstance(timeloop.loops_for(np.float32), timeloop.Loops)  # float32's own GEMM passes
 
 
 @needs_loops

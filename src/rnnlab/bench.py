@@ -261,7 +261,6 @@ def child_time(spec: dict) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from .lm.plan import Plan
     from .nn import cells, packed
 
     threads = spec["threads"]

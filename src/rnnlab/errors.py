@@ -9,3 +9,8 @@ ordinary Python exceptions.
 
 class RnnlabError(Exception):
     """A problem the user can act on; ``str(err)`` is a complete one-line message."""
+
+
+class RnnlabWarning(UserWarning):
+    """Something the user should know that does not stop the work (e.g. a slow fallback); the
+    CLI prints it as one line, ``rnnlab: warning: <message>``."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -200,6 +201,55 @@ def atomic_write_bytes(path: PathLike, data: bytes | bytearray | memoryview) -> 
             raise write_error(exc, target, len(view)) from exc
         raise
     _fsync_directory(directory)
+
+
+def atomic_write_dir(path: PathLike, files: "dict[str, bytes]", replace: bool = False) -> None:
+    """Create directory ``path`` holding ``files`` (file name -> content) all at once.
+
+    The files are written and fsynced in a temporary sibling directory ``.<name>.<random>.tmp``,
+    which is then renamed to ``path``: readers see no directory or the complete one. With
+    ``replace`` an existing ``path`` (file or directory) is first renamed aside, deleted once the
+    new directory is in place, and put back if that rename fails. ``path``'s parent must exist.
+
+    Raises
+    ------
+    RnnlabError
+        If ``path`` exists and ``replace`` is false, or on any write error (nothing is left behind).
+    """
+    target = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(target)
+    if os.path.lexists(target) and not replace:
+        raise RnnlabError(one_line(f"{target} already exists; pass --force to replace it, or choose another path"))
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise write_error(exc, target) from exc
+    old = None
+    try:
+        os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes it private; a directory's usual mode
+        for fname, data in files.items():
+            atomic_write_bytes(os.path.join(tmp, fname), data)
+        if os.path.lexists(target):
+            old = tmp + ".old"
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.rename(old, target)
+                old = None
+            raise
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise write_error(exc, target) from exc
+        raise
+    if old is not None:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.unlink(old)
+    _fsync_directory(parent)
 
 
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:

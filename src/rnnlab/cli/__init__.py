@@ -5,7 +5,8 @@ name in ``PASSTHROUGH`` the subcommands that parse their own arguments. Adding a
 adding its module to :data:`COMMAND_MODULES`.
 
 Every problem a user can cause ends in one line on stderr (``rnnlab: ...``) and exit status 2;
-nothing prints a traceback unless ``RNNLAB_DEBUG=1`` is set.
+nothing prints a traceback unless ``RNNLAB_DEBUG=1`` is set. A :class:`~rnnlab.errors.RnnlabWarning`
+is one line too (``rnnlab: warning: ...``).
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import importlib
 import os
 import sys
 
-from ..errors import RnnlabError
+from ..errors import RnnlabError, RnnlabWarning
 from .common import EXIT_USER, Parser
 
-COMMAND_MODULES = ("train", "runs", "tools")
+COMMAND_MODULES = ("train", "runs", "score", "export", "sweep", "viz", "tools")
 """Modules of this package that define subcommands, in the order ``--help`` lists them."""
 
 
@@ -36,8 +37,28 @@ def build_parser() -> Parser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=None):
+    if issubclass(category, RnnlabWarning):
+        print(f"rnnlab: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    import functools
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = functools.partial(_show_warning, _default=shown)
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv) -> int:
+    args = None  # a MemoryError before the arguments are parsed still gets its one line
     try:
         passthrough = {name: f for m in _modules() for name, f in getattr(m, "PASSTHROUGH", {}).items()}
         parser = build_parser()
@@ -69,7 +90,9 @@ def main(argv=None) -> int:
             pass
         return 0
     except MemoryError:
-        print("rnnlab: out of memory: use a smaller --batch, --hidden or --seq-len", file=sys.stderr)
+        sizes = [f"--{name.replace('_', '-')}" for name in ("batch", "hidden", "seq_len") if hasattr(args, name)]
+        what = f"use a smaller {' or '.join(sizes)}" if sizes else "use a shorter text, or free memory"
+        print(f"rnnlab: out of memory: {what}", file=sys.stderr)
         return EXIT_USER
     except Exception as exc:  # a bug: say so in one line, keep the traceback for developers
         if os.environ.get("RNNLAB_DEBUG"):

@@ -12,17 +12,19 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     from ..lm.sample import generate
+    from .export import is_model_file, load_model_file  # an exported .onnx file samples like its run
 
-    run, cfg, data, vocab, model, _ = _load_run(args.run_dir, args.checkpoint)
+    load = load_model_file if is_model_file(args.run_dir) else _load_run
+    run, cfg, data, vocab, model, _ = load(args.run_dir, args.checkpoint)
     rng = np.random.default_rng(args.seed)
     out = sys.stdout
     if args.prime:
         vocab.encode(args.prime, what="--prime")  # characters the model never saw: fail before any output
     if cfg.lines:
-        known = _training_lines(cfg, data)
+        known = _training_lines(cfg, data, vocab)
         for _ in range(args.num):
             item = generate(model, vocab, prime=args.prime or "", length=args.length, temperature=args.temperature,
-                            top_k=args.top_k, rng=rng, lines=True, emit=lambda s: None)
+                            top_k=args.top_k, top_p=args.top_p, rng=rng, lines=True, emit=lambda s: None)
             mark = "" if known is None else ("  (in training data)" if item in known else "")
             out.write(item + mark + "\n")
             out.flush()
@@ -45,27 +47,18 @@ def cmd_sample(args) -> int:
                 buf.clear()
 
         generate(model, vocab, prime=prime, length=args.length, temperature=args.temperature, top_k=args.top_k,
-                 rng=rng, lines=False, emit=emit)
+                 top_p=args.top_p, rng=rng, lines=False, emit=emit)
         out.write("".join(buf) + "\n")
         out.flush()
     return 0
 
 
-def _training_lines(cfg, data):
+def _training_lines(cfg, data, vocab):
     """The training items of a lines-mode run (re-split from its source), or None."""
-    from ..lm.corpus import build_corpus, text_digest
+    from ..lm.corpus import rebuild_corpus
 
-    src = data.get("source")
-    try:
-        from ..data import read_text
-
-        text = read_text(src)
-    except (RnnlabError, TypeError):
-        return None
-    if text_digest(text) != data.get("sha256"):
-        return None
-    corpus = build_corpus(text, src, lines=True, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
-    return set(corpus.train_lines)
+    corpus = rebuild_corpus(cfg, data, vocab)
+    return None if corpus is None else set(corpus.train_lines)
 
 
 def cmd_eval(args) -> int:
@@ -139,13 +132,16 @@ def cmd_info(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("sample", help="generate text from a trained run")
-    s.add_argument("run_dir")
+    s = sub.add_parser("sample", help="generate text from a trained run or an exported .onnx file")
+    s.add_argument("run_dir", help="run directory, or a model file written by rnnlab export")
     s.add_argument("--prime", default=None, help="text to start from")
     s.add_argument("--length", type=_num(int, 1), default=500, help="characters to generate (default 500)")
     s.add_argument("--num", type=_num(int, 1), default=1, help="number of samples (default 1)")
     s.add_argument("--temperature", type=_num(float, 0.0), default=1.0, help="0 = greedy (default 1.0)")
     s.add_argument("--top-k", type=_num(int, 0), default=0, help="sample among the k likeliest, 0 = all")
+    s.add_argument("--top-p", type=_num(float, 0.0, 1.0, lo_open=True), default=1.0,
+                   help="sample from the nucleus: the fewest likeliest characters whose probabilities add up to at "
+                        "least p, in (0, 1] (default 1 = all)")
     s.add_argument("--seed", type=_num(int, 0), default=None, help="random seed")
     s.add_argument("--checkpoint", choices=["best", "last"], default="best")
     s.set_defaults(func=cmd_sample)

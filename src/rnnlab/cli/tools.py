@@ -76,7 +76,8 @@ def register(sub) -> None:
 
     c = sub.add_parser("compare", help="train several model kinds under the same time budget; one table + plot")
     c.add_argument("text", nargs="?", default=None, help="UTF-8 text file (default: the built-in corpus)")
-    c.add_argument("--models", default="bigram,mlp,cnn,rnn,lstm,gru", help="comma-separated model kinds")
+    c.add_argument("--models", default="bigram,mlp,cnn,bow,rnn,lstm,gru,mingru,minlstm,transformer",
+                   help="comma-separated model kinds (default: all of them)")
     c.add_argument("--budget", type=_num(float, 1.0), default=60.0, help="seconds of training per model (default 60)")
     c.add_argument("--out", default="rnnlab-compare", help="output folder (one run directory per model)")
     c.add_argument("--lines", action="store_true", help="each non-empty line is one item")

@@ -3,14 +3,19 @@
 Every sampler takes an explicit ``np.random.Generator`` and returns a :class:`SeqBatch` of
 host NumPy arrays, time-major:
 
-=================  ==========================  =====================  ===========================
-task               input ``x``                 target ``y``           what it needs
-=================  ==========================  =====================  ===========================
-:func:`parity`     bits, one-hot ``(T, B, 2)``  ``(1, B)`` class       a 2-state automaton (XOR)
-:func:`majority`   bits, one-hot ``(T, B, 2)``  ``(1, B)`` class       one unbounded counter
-:func:`adding`     ``(T, B, 2)`` value, marker  ``(1, B, 1)`` real     remember two values, T/2+ steps
-:func:`copy_memory` one-hot ``(N+T+N, B, K+2)`` ``(N, B)`` classes     remember N symbols, T+N steps
-=================  ==========================  =====================  ===========================
+====================  ============================  ======================  ==============================
+task                  input ``x``                   target ``y``            what it needs
+====================  ============================  ======================  ==============================
+:func:`parity`        bits, one-hot ``(T, B, 2)``   ``(1, B)`` class        a 2-state automaton (XOR)
+:func:`majority`      bits, one-hot ``(T, B, 2)``   ``(1, B)`` class        one unbounded counter
+:func:`adding`        ``(T, B, 2)`` value, marker   ``(1, B, 1)`` real      two values, one T/2+ steps back
+:func:`adding_hs`     ``(T', B, 2)``, T' ~ [T, 1.1T]  ``(1, B, 1)`` real    two values, T/2 to 1.1T back
+:func:`copy_memory`   one-hot ``(T+2N, B, K+2)``    ``(T+2N, B)`` classes   N symbols over T+N steps
+:func:`temporal_order` one-hot ``(T', B, 8)``        ``(1, B)`` class        two symbols' order, 0.4T+ back
+====================  ============================  ======================  ==============================
+
+Each long-lag task states its *memoryless baseline*: the best score of a predictor that keeps
+nothing of the input it has seen (the constant that minimises the loss).
 
 ``lengths (B,)`` is set for the variable-length tasks (padding after each sequence's end is
 zero); it is ``None`` for fixed-length ones. The target of a sequence-level task is read at each
@@ -25,9 +30,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ADDING_BASELINE_MSE = 1.0 / 24.0
-"""MSE of the best constant prediction (0.5) in the adding problem: ``Var[(X1 + X2) / 4]`` with
-``X1, X2 ~ U(-1, 1)`` independent, ``= 2 * (1/3) / 16 = 1/24 ≈ 0.0417``."""
+ADDING_BASELINE_MSE = 1.0 / 6.0
+"""MSE of the best constant prediction (1.0) in the standard adding problem: ``Var[X1 + X2]`` with
+``X1, X2 ~ U(0, 1)`` independent, ``= 2 / 12 = 1/6 ≈ 0.167``."""
+
+def adding_hs_baseline(T: int) -> float:
+    """MSE of the best constant prediction (0.5) in H&S's adding problem (:func:`adding_hs`):
+    ``Var[(X1 + X2) / 4]`` with ``X ~ U(-1, 1)`` (variance 1/3), except that the value of the
+    first pair is 0 when it is marked: with probability 1/10 for ``X1`` and ``0.9 / (T/2 - 2)``
+    for ``X2``. About 0.0392 for ``T = 100``."""
+    p2 = 0.9 / (T // 2 - 2)
+    return ((1 - 0.1) / 3.0 + (1 - p2) / 3.0) / 16.0
+
+
+def adding_hs_baseline_within(T: int, tol: float = 0.04) -> float:
+    """Fraction of H&S adding targets within ``tol`` of the best constant prediction 0.5 (their
+    success measure, scored on a memoryless predictor): ``P(|X1 + X2| < 4 tol)``. With both values
+    ``U(-1, 1)`` the sum is triangular on ``[-2, 2]`` (``1 - (2 - a)^2 / 4`` for ``a = 4 tol``); with
+    one of them 0 (the first pair marked, as in :func:`adding_hs_baseline`) it is ``a``; with both
+    0 it is 1. About 0.156 for ``T = 100``."""
+    a = 4.0 * tol
+    p1, p2 = 0.1, 0.9 / (T // 2 - 2)
+    both, one = 1.0 - (2.0 - a) ** 2 / 4.0, a
+    return (1 - p1) * (1 - p2) * both + (p1 * (1 - p2) + p2 * (1 - p1)) * one + p1 * p2
 
 
 @dataclass
@@ -95,56 +120,133 @@ def majority(rng: np.random.Generator, batch: int, min_len: int, max_len: int,
 
 
 def adding(rng: np.random.Generator, batch: int, T: int, dtype=np.float32) -> SeqBatch:
-    r"""The adding problem of Hochreiter & Schmidhuber (1997, experiment 4), fixed length ``T``.
+    r"""The adding problem in its standard modern form (Le, Jaitly & Hinton 2015; Arjovsky, Shah &
+    Bengio 2016), length exactly ``T``.
 
-    Each step carries a pair ``(value, marker)``: values ``~ U(-1, 1)``; exactly two steps are
-    marked with 1.0 — the first among the first ``min(10, ceil(T/2))`` steps, the second among
-    the first ``ceil(T/2)`` (distinct) — and the first and last steps carry the marker -1.0
-    unless marked. The target, given only at the end, is
+    Each step carries a pair ``(value, marker)``: values ``~ U(0, 1)``; exactly two markers are 1,
+    one at a uniform position in the first half ``[0, T/2)`` and one in the second half
+    ``[T/2, T)``; every other marker is 0. The target, read only at the end, is the sum of the two
+    marked values,
 
-    .. math:: y = 0.5 + (X_1 + X_2) / 4 \in [0, 1],
+    .. math:: y = X_1 + X_2 \in [0, 2],
 
-    so the relevant inputs lie at least ``T/2`` steps before the output. The best constant
-    prediction (0.5) has MSE :data:`ADDING_BASELINE_MSE` = 1/24. Difference from the paper:
-    the length is exactly ``T`` rather than uniform on ``[T, T + T/10]``.
+    so the first relevant input lies on average ``3T/4`` steps before the output. The best
+    constant prediction (1.0) has MSE :data:`ADDING_BASELINE_MSE` = 1/6.
     """
     if T < 2:
         raise ValueError("the adding problem needs T >= 2")
-    half = -(-T // 2)  # ceil(T / 2)
+    half = T // 2
     x = np.zeros((T, batch, 2), dtype)
-    x[..., 0] = rng.uniform(-1.0, 1.0, size=(T, batch))
-    x[0, :, 1] = -1.0
-    x[T - 1, :, 1] = -1.0
-    i1 = rng.integers(0, min(10, half), size=batch)
-    i2 = rng.integers(0, half - 1, size=batch) if half > 1 else np.zeros(batch, np.int64)
-    i2 = np.where(i2 >= i1, i2 + 1, i2)  # distinct from i1, uniform on the rest of [0, half)
+    x[..., 0] = rng.uniform(0.0, 1.0, size=(T, batch))
     cols = np.arange(batch)
+    i1 = rng.integers(0, half, size=batch)
+    i2 = rng.integers(half, T, size=batch)
     x[i1, cols, 1] = 1.0
     x[i2, cols, 1] = 1.0
-    y = 0.5 + (x[i1, cols, 0] + x[i2, cols, 0]) / 4.0  # (B,)
+    y = x[i1, cols, 0] + x[i2, cols, 0]  # (B,)
     return SeqBatch(x, y.astype(dtype)[None, :, None], None, "regress")  # y (1, B, 1)
 
 
-def copy_memory(rng: np.random.Generator, batch: int, T: int, n_copy: int = 5, n_symbols: int = 8,
+def adding_hs(rng: np.random.Generator, batch: int, T: int, dtype=np.float32) -> SeqBatch:
+    r"""The adding problem exactly as Hochreiter & Schmidhuber (1997, experiment 4) set it.
+
+    Lengths uniform on ``[T, T + T/10]`` (a padded batch with ``lengths``). Each step carries
+    ``(value, marker)``, values ``~ U(-1, 1)``. One of the first ten pairs is marked (its value is
+    ``X_1``), then one of the first ``T/2 - 1`` still unmarked pairs (``X_2``); the other markers
+    are 0 except the first and the last pair's, which are -1 (when the first pair is the one
+    marked, its value is 0). The target at the sequence end is
+
+    .. math:: y = 0.5 + (X_1 + X_2) / 4 \in [0, 1];
+
+    a sequence counts as processed correctly when the absolute error is below 0.04. The best
+    constant (0.5) has MSE :func:`adding_hs_baseline`. Both relevant values come in the first
+    half: the network must hold ``X_1`` for at least ``T - 10`` steps.
+    """
+    if T < 22:
+        raise ValueError("H&S's adding problem needs T >= 22 (markers among the first 10 and T/2 - 1 pairs)")
+    lengths = rng.integers(T, T + T // 10 + 1, size=batch).astype(np.int64)
+    Tm = int(lengths.max())
+    cols = np.arange(batch)
+    x = np.zeros((Tm, batch, 2), dtype)
+    x[..., 0] = rng.uniform(-1.0, 1.0, size=(Tm, batch)) * (np.arange(Tm)[:, None] < lengths[None, :])
+    x[0, :, 1] = -1.0
+    x[lengths - 1, cols, 1] = -1.0
+    i1 = rng.integers(0, 10, size=batch)
+    m = T // 2 - 1  # the second marker: one of the first T/2 - 1 pairs other than i1
+    i2 = rng.integers(0, m - 1, size=batch)
+    i2 = np.where(i2 >= i1, i2 + 1, i2)  # uniform on [0, m) without i1 (i1 < 10 <= m)
+    first = (i1 == 0) | (i2 == 0)
+    x[0, first, 0] = 0.0  # the first pair's value is 0 when it is marked
+    x[i1, cols, 1] = 1.0
+    x[i2, cols, 1] = 1.0
+    y = 0.5 + (x[i1, cols, 0] + x[i2, cols, 0]) / 4.0  # (B,)
+    return SeqBatch(x, y.astype(dtype)[None, :, None], lengths, "regress")
+
+
+def copy_memory(rng: np.random.Generator, batch: int, T: int, n_copy: int = 10, n_symbols: int = 8,
                 dtype=np.float32) -> SeqBatch:
-    r"""The copy-memory task (Hochreiter & Schmidhuber 1997, in the form of Arjovsky et al. 2016).
+    r"""The copy task of Arjovsky, Shah & Bengio (2016) (after Hochreiter & Schmidhuber 1997).
 
-    Input ids, length ``N + T + N`` (``N = n_copy``, ``K = n_symbols``)::
+    Ids (``N = n_copy``, ``K = n_symbols``; blank 0, symbols ``1..K``, delimiter ``K+1``), length
+    ``T + 2N``::
 
-        s_1 .. s_N  blank * (T - 1)  delimiter  blank * N      s_i ~ U{0..K-1}, blank = K, delim = K+1
+        input   s_1 .. s_N   0 * (T - 1)   K+1   0 * N
+        target  0 * (T + N)                      s_1 .. s_N
 
-    one-hot to ``x (N+T+N, B, K+2)``. The target is ``s_1 .. s_N`` on the last ``N`` steps,
-    ``y (N, B)``: symbol ``i`` is recalled ``T + N`` steps after it was shown. Only those ``N``
-    steps are scored, so a memoryless predictor's best cross-entropy is ``log K`` nats and its
-    accuracy ``1/K``.
+    one-hot to ``x (T+2N, B, K+2)``; ``y (T+2N, B)`` has a class at every step (``K + 1``
+    classes: blank and the symbols), and every step is scored. Symbol ``i`` is recalled
+    ``T + N`` steps after it was shown. The memoryless strategy — blanks until the delimiter,
+    then uniform guesses — has cross-entropy ``N log K / (T + 2N)`` per step
+    (:func:`copy_baseline`) and recalls ``1/K`` of the symbols.
     """
     if T < 1 or n_copy < 1 or n_symbols < 2:
         raise ValueError("copy_memory needs T >= 1, n_copy >= 1, n_symbols >= 2")
     N, K = n_copy, n_symbols
-    L = N + T + N
-    ids = np.full((L, batch), K, np.int64)  # (L, B) blanks
-    s = rng.integers(0, K, size=(N, batch))  # (N, B)
+    L = T + 2 * N
+    ids = np.zeros((L, batch), np.int64)  # (L, B) blanks
+    s = rng.integers(1, K + 1, size=(N, batch))  # (N, B)
     ids[:N] = s
     ids[N + T - 1] = K + 1
     x = np.eye(K + 2, dtype=dtype)[ids]  # (L, B, K+2)
-    return SeqBatch(x, s.astype(np.int64), None, "class")
+    y = np.zeros((L, batch), np.int64)
+    y[-N:] = s
+    return SeqBatch(x, y, None, "class")
+
+
+def copy_baseline(T: int, n_copy: int = 10, n_symbols: int = 8) -> float:
+    """Cross-entropy per step of the memoryless strategy in :func:`copy_memory`."""
+    return float(n_copy * np.log(n_symbols) / (T + 2 * n_copy))
+
+
+TEMPORAL_SYMBOLS = "abcdXYBE"
+"""The one-hot alphabet of :func:`temporal_order`: distractors a-d, the relevant X and Y, begin
+and end."""
+
+
+def temporal_order(rng: np.random.Generator, batch: int, T: int, dtype=np.float32) -> SeqBatch:
+    r"""The temporal-order task of Hochreiter & Schmidhuber (1997, experiment 6a), scaled by ``T``.
+
+    Lengths uniform on ``[T, T + T/10]``; the sequence starts with ``B`` and ends with ``E``; every
+    other element is a random distractor from ``{a, b, c, d}`` except two, at ``t_1 ~ U[T/10,
+    2T/10]`` and ``t_2 ~ U[5T/10, 6T/10]``, each ``X`` or ``Y``. The class at the end is their
+    order: ``XX, XY, YX, YY`` (0..3). ``T = 100`` is the paper's setting (lengths 100-110, ``t_1``
+    in 10-20, ``t_2`` in 50-60). The first relevant symbol lies at least ``0.8 T`` steps before the
+    output. Memoryless baseline: cross-entropy ``log 4``, accuracy 1/4.
+    """
+    if T < 20:
+        raise ValueError("the temporal-order task needs T >= 20")
+    lengths = rng.integers(T, T + T // 10 + 1, size=batch).astype(np.int64)
+    Tm = int(lengths.max())
+    cols = np.arange(batch)
+    ids = rng.integers(0, 4, size=(Tm, batch))  # (T', B) distractors a-d
+    ids[0] = 6  # B
+    ids[lengths - 1, cols] = 7  # E
+    t1 = rng.integers(T // 10, 2 * T // 10 + 1, size=batch)
+    t2 = rng.integers(5 * T // 10, 6 * T // 10 + 1, size=batch)
+    s1, s2 = rng.integers(0, 2, size=batch), rng.integers(0, 2, size=batch)  # 0 = X, 1 = Y
+    ids[t1, cols] = 4 + s1
+    ids[t2, cols] = 4 + s2
+    valid = np.arange(Tm)[:, None] < lengths[None, :]  # (T', B)
+    x = np.eye(8, dtype=dtype)[ids] * valid[:, :, None]  # (T', B, 8), zero on padding
+    y = (2 * s1 + s2).astype(np.int64)[None, :]  # (1, B)
+    return SeqBatch(x, y, lengths, "class")

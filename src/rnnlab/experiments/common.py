@@ -80,3 +80,54 @@ def out_path(out_dir) -> Path:
     except OSError as exc:
         raise RnnlabError(f"cannot create output folder {str(p)!r}: {exc.strerror}") from None
     return p
+
+
+# ------------------------------------------------------------------------------------ cells as trials
+CELL_FN = "rnnlab.experiments.common:run_cell"
+
+
+def run_cell(params: dict, ctx) -> dict:
+    """The trial function of every experiment's cells: ``module.cell(params["cell"])``, where
+    ``module`` is ``rnnlab.experiments.<params["experiment"]>``. A cell is a pure function of
+    its parameters (its seeds included), so it gives the same result in any worker."""
+    import importlib
+
+    module = importlib.import_module(f"{__package__}.{params['experiment']}")
+    return module.cell(params["cell"])
+
+
+def run_cells(name: str, cells: dict, out_dir: Path, *, workers: int = 0, backend: str = "local", address=None,
+              resume: bool = False, progress: bool = True) -> dict:
+    """Run ``{cell name: cell params}`` of experiment ``name`` on :mod:`rnnlab.trials` (in
+    parallel, resumable); returns ``{cell name: result}``.
+
+    The cells' folders are ``out_dir/<name>-trials/``; a run without ``resume`` replaces them,
+    as it replaces ``<name>.md``. A cell that fails ends the experiment with its message.
+    """
+    from ..trials import Trial
+
+    trials = [Trial(key, CELL_FN, {"experiment": name, "cell": p}) for key, p in cells.items()]
+    results = run_experiment_trials(name, trials, out_dir, workers=workers, backend=backend, address=address,
+                                    resume=resume, progress=progress)
+    return {r.name: r.result for r in results}
+
+
+def run_experiment_trials(name: str, trials: list, out_dir, workers: int = 0, backend: str = "local",
+                          address=None, resume: bool = False, progress: bool = True) -> list:
+    """Run experiment ``name``'s ``trials`` in ``out_dir/<name>-trials/`` (replaced unless
+    ``resume``, as the run replaces ``<name>.md``); returns their results in order. A trial that
+    failed ends the experiment with its message."""
+    import shutil
+
+    from ..trials import run_trials
+
+    root = Path(out_dir) / f"{name}-trials"
+    if not resume and root.exists():
+        shutil.rmtree(root)
+    results = run_trials(trials, root, workers=workers, backend=backend, address=address, resume=resume,
+                         progress=progress, desc=name)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise RnnlabError(f"{len(failed)} {name} trial(s) failed, e.g. {failed[0].name}: {failed[0].error}; fix the "
+                          f"cause and continue with --resume (their folders are in {root})")
+    return results

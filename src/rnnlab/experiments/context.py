@@ -23,7 +23,7 @@ from pathlib import Path
 from ..lm.compare import COMPARE_SIZES, train_with_budget
 from ..lm.config import TrainConfig
 from ..lm.corpus import build_corpus, load_text
-from .common import Result, Timer, check_seeds, out_path, progress, single_blas_thread
+from .common import Result, Timer, check_seeds, out_path, progress, run_cells, single_blas_thread
 from .report import Report, Table, band, mean_std, new_figure, pm
 
 NAME = "context"
@@ -32,7 +32,8 @@ NAME = "context"
 @dataclass(frozen=True)
 class Config:
     max_chars: int = 400_000          # the text is cut to this many characters
-    steps: int = 600                  # training steps per model and seed (context)
+    steps: int = 1500                 # training steps per model and seed (context)
+    evals: int = 10                   # validation passes per run; the best counts
     batch: int = 32
     seq_len: int = 64
     contexts: tuple = (1, 2, 4, 8, 16)
@@ -66,30 +67,50 @@ def _train_steps(tcfg: TrainConfig, corpus, work: Path) -> tuple[float, int]:
         return result.best_val, trainer.model.num_params()
 
 
-def run(out_dir, quick: bool = False, seeds: int = 3, text=None, **overrides) -> Result:
-    """Bits per character of the window MLP for each K against recurrent models."""
+def _models(cfg: Config) -> list:
+    return [("mlp", k) for k in cfg.contexts] + [(c, None) for c in ("rnn", "lstm", "gru")]
+
+
+def cell(p: dict) -> dict:
+    """One trial: model ``p["kind"]`` (window ``p["k"]`` for the MLP) trained for ``steps`` steps
+    with seed ``p["seed"]``: its best validation bits per character and its parameters."""
+    cfg = Config(**{**p["config"], "contexts": tuple(p["config"]["contexts"])})
+    kind, k, s = p["kind"], p["k"], int(p["seed"])
+    corpus = _corpus(p["text"], cfg, seed=s)
+    base = TrainConfig(model=kind, batch=cfg.batch, seq_len=cfg.seq_len, max_steps=cfg.steps,
+                       eval_every=max(1, cfg.steps // cfg.evals), warmup=cfg.steps // 10, lr=3e-3, seed=1000 + s,
+                       val_frac=0.1, test_frac=0.0, threads=1)
+    if kind == "mlp":
+        tcfg = replace(base, context=k, embed=cfg.mlp_embed, hidden=cfg.mlp_hidden, layers=1)
+    else:
+        tcfg = replace(base, embed=cfg.rec_embed, hidden=cfg.rec_hidden[kind], layers=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        val, n = _train_steps(tcfg.validate(), corpus, Path(tmp) / "run")
+    return {"val_bpc": val / math.log(2), "params": int(n)}
+
+
+def run(out_dir, quick: bool = False, seeds: int = 3, text=None, workers: int = 0, backend: str = "local",
+        address=None, resume: bool = False, progress: bool = True, **overrides) -> Result:
+    """Bits per character of the window MLP for each K against recurrent models; every
+    (model, seed) is a trial, run in parallel."""
     seeds = check_seeds(seeds)
     cfg = replace(QUICK if quick else DEFAULT, **overrides)
     out = out_path(out_dir)
-    models = [("mlp", k) for k in cfg.contexts] + [(c, None) for c in ("rnn", "lstm", "gru")]
+    models = _models(cfg)
+    text = str(Path(text).resolve()) if text else None
+    cells = {f"{kind}{'' if k is None else f'_K={k}'}_seed={s}": {"kind": kind, "k": k, "seed": s, "text": text,
+                                                                "config": asdict(cfg)}
+             for s in range(seeds) for kind, k in models}
+    with Timer() as timer:
+        res = run_cells(NAME, cells, out, workers=workers, backend=backend, address=address, resume=resume,
+                        progress=progress)
     raw = {m: [] for m in models}
     params = {}
-    with Timer() as timer, single_blas_thread(), tempfile.TemporaryDirectory() as tmp, \
-            progress(len(models) * seeds, NAME) as bar:
-        for s in range(seeds):
-            corpus = _corpus(text, cfg, seed=s)
-            for kind, k in models:
-                base = TrainConfig(model=kind, batch=cfg.batch, seq_len=cfg.seq_len, max_steps=cfg.steps,
-                                   eval_every=cfg.steps, warmup=cfg.steps // 10, lr=3e-3, seed=1000 + s,
-                                   val_frac=0.1, test_frac=0.0)
-                if kind == "mlp":
-                    tcfg = replace(base, context=k, embed=cfg.mlp_embed, hidden=cfg.mlp_hidden, layers=1)
-                else:
-                    tcfg = replace(base, embed=cfg.rec_embed, hidden=cfg.rec_hidden[kind], layers=1)
-                val, n = _train_steps(tcfg.validate(), corpus, Path(tmp) / f"{kind}{k or ''}-{s}")
-                raw[(kind, k)].append(val / math.log(2))
-                params[(kind, k)] = n
-                bar.update(1)
+    for s in range(seeds):
+        for kind, k in models:
+            r = res[f"{kind}{'' if k is None else f'_K={k}'}_seed={s}"]
+            raw[(kind, k)].append(r["val_bpc"])
+            params[(kind, k)] = r["params"]
     rows = []
     for kind, k in models:
         m, sd = mean_std(raw[(kind, k)])
@@ -102,8 +123,8 @@ def run(out_dir, quick: bool = False, seeds: int = 3, text=None, **overrides) ->
     rep.add_table("main", Table(rows, md_columns={"model": "model", "context (chars)": "context",
                                                   "parameters": "parameters", "val bits/char (mean ± std)": "val_bpc"}))
     rep.notes += [
-        "Every model trains for the same number of steps with the same data, optimiser (Adam, cosine schedule) "
-        "and batch; validation is the last 10% of the text.",
+        f"Every model trains for {cfg.steps} steps with the same data, optimiser (Adam, cosine schedule) and batch; "
+        f"validation is the last 10% of the text, scored {cfg.evals} times per run (the best counts).",
         "The MLP's parameters grow linearly with K (its first layer is K*E x hidden); the recurrent models' do not "
         "depend on how far back they look.",
     ]

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..data import synthetic as syn
 from . import seqmodels
-from .common import Result, Timer, check_seeds, out_path, progress, rng_for, single_blas_thread
+from .common import Result, Timer, check_seeds, out_path, rng_for, run_cells
 from .report import Report, Table, band, mean_std, new_figure, pm
 from .train import TrainConfig, evaluate, train
 
@@ -94,8 +94,29 @@ def _buckets(L: int, factor: int):
     return [(1, L), (L + 1, 2 * L), (2 * L + 1, factor * L)]
 
 
-def run(out_dir, quick: bool = False, seeds: int = 3, tasks=TASKS, models=MODELS, **overrides) -> Result:
-    """Train every model on every task for ``seeds`` seeds; write ``length.{md,csv,png}``.
+def cell(p: dict) -> dict:
+    """One trial: model ``p["model"]`` trained on ``p["task"]`` with seed ``p["seed"]``; its
+    accuracy at every test length ``1..factor*L``, its parameters and its window."""
+    cfg = Config(**p["config"])
+    task, kind, s = p["task"], p["model"], int(p["seed"])
+    L, N = cfg.max_len, cfg.factor * cfg.max_len
+    sampler = getattr(syn, task)
+    test_len = np.repeat(np.arange(1, N + 1), cfg.test_per_length)  # (N*P,) sorted: short chunks stay short
+    test = sampler(rng_for(s, NAME, task, "test"), test_len.size, 1, N, lengths=test_len)
+    model = _build(kind, cfg, rng_for(s, NAME, task, kind, "init"))
+    tc = TrainConfig(steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, clip=cfg.clip)
+    train(model, lambda r: sampler(r, cfg.batch, 1, L), tc, rng_for(s, NAME, task, "data"))
+    correct = evaluate(model, test)["acc"][0]  # (N*P,)
+    per_len = correct.reshape(N, cfg.test_per_length).mean(axis=1)  # (N,)
+    w = model.window()
+    return {"acc": [float(a) for a in per_len], "params": int(model.num_params()),
+            "window": None if math.isinf(w) else float(w)}  # None: unbounded (JSON has no infinity)
+
+
+def run(out_dir, quick: bool = False, seeds: int = 3, tasks=TASKS, models=MODELS, workers: int = 0,
+        backend: str = "local", address=None, resume: bool = False, progress: bool = True, **overrides) -> Result:
+    """Train every model on every task for ``seeds`` seeds, each (task, model, seed) a trial run
+    in parallel; write ``length.{md,csv,png}``.
 
     ``overrides`` replace fields of the default (or quick) :class:`Config`.
     """
@@ -104,23 +125,19 @@ def run(out_dir, quick: bool = False, seeds: int = 3, tasks=TASKS, models=MODELS
     out = out_path(out_dir)
     L, N = cfg.max_len, cfg.factor * cfg.max_len
     lengths_all = np.arange(1, N + 1)
-    acc = {}  # (task, model) -> (seeds, N) accuracy per test length
-    params, window = {}, {}
-    with Timer() as timer, single_blas_thread(), progress(len(tasks) * len(models) * seeds, NAME) as bar:
-        for task in tasks:
-            sampler = getattr(syn, task)
+    cells = {f"{task}_{kind}_seed={s}": {"task": task, "model": kind, "seed": s, "config": asdict(cfg)}
+             for task in tasks for kind in models for s in range(seeds)}
+    with Timer() as timer:
+        res = run_cells(NAME, cells, out, workers=workers, backend=backend, address=address, resume=resume,
+                        progress=progress)
+    acc, params, window = {}, {}, {}  # (task, model) -> (seeds, N) accuracy per test length
+    for task in tasks:
+        for kind in models:
             for s in range(seeds):
-                test_len = np.repeat(lengths_all, cfg.test_per_length)  # (N*P,) sorted: short chunks stay short
-                test = sampler(rng_for(s, NAME, task, "test"), test_len.size, 1, N, lengths=test_len)
-                for kind in models:
-                    model = _build(kind, cfg, rng_for(s, NAME, task, kind, "init"))
-                    tc = TrainConfig(steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, clip=cfg.clip)
-                    train(model, lambda r: sampler(r, cfg.batch, 1, L), tc, rng_for(s, NAME, task, "data"))
-                    correct = evaluate(model, test)["acc"][0]  # (N*P,)
-                    per_len = correct.reshape(N, cfg.test_per_length).mean(axis=1)  # (N,)
-                    acc.setdefault((task, kind), []).append(per_len)
-                    params[kind], window[kind] = model.num_params(), model.window()
-                    bar.update(1)
+                r = res[f"{task}_{kind}_seed={s}"]
+                acc.setdefault((task, kind), []).append(np.array(r["acc"]))
+                params[kind] = r["params"]
+                window[kind] = math.inf if r["window"] is None else r["window"]
     acc = {k: np.stack(v) for k, v in acc.items()}  # (seeds, N)
 
     rows, long_rows = [], []

@@ -30,7 +30,9 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def fmt(x, digits: int = 3) -> str:
-    """A number for a Markdown cell: ``digits`` significant figures, ints as ints."""
+    """A number for a Markdown cell: ``digits`` significant figures, ints as ints, ``-`` for none."""
+    if x is None:
+        return "-"
     if isinstance(x, str):
         return x
     if isinstance(x, (bool, np.bool_)):
@@ -90,7 +92,7 @@ class Table:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             for r in self.rows:
-                w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+                w.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in r.items()})  # np.float64 too
 
 
 @dataclass
@@ -126,7 +128,7 @@ class Report:
                     md += [f"## {table.title}", ""]
                 md += [table.markdown(), ""]
             else:
-                md += [f"Data of the figure: `{csv_path.name}`.", ""]
+                md += [f"{table.title or 'Data of the figure'}: `{csv_path.name}`.", ""]
             if i == 0:
                 paths["csv"] = csv_path
         if self.figure is not None:

@@ -59,14 +59,16 @@ def loss_and_grad(out, batch: SeqBatch):
 
 def train(model, sample: Callable[[np.random.Generator], SeqBatch], cfg: TrainConfig,
           rng: np.random.Generator, optimizer_kw: dict | None = None, until=None,
-          check_every: int = 100) -> History:
+          check_every: int = 100, *, optimizer=None) -> History:
     """Train ``model`` in place for at most ``cfg.steps`` steps on batches ``sample(rng)``.
 
     ``until(model) -> bool``, if given, is asked every ``check_every`` steps; training stops
     when it says True (early stopping on a success criterion; ``History.stopped_at`` records
-    the step).
+    the step). Training continues a run when given the ``optimizer`` it had (and ``rng`` in the
+    state it had): a long run can train in chunks between checkpoints and resume exactly.
     """
-    opt = make_optimizer(cfg.optimizer, model.params, model.grads, lr=cfg.lr, **(optimizer_kw or {}))
+    opt = optimizer if optimizer is not None else make_optimizer(cfg.optimizer, model.params, model.grads,
+                                                                 lr=cfg.lr, **(optimizer_kw or {}))
     hist = History()
     model.train()
     for _ in range(cfg.steps):

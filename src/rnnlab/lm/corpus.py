@@ -41,6 +41,23 @@ def load_text(path: str | None) -> tuple[str, str]:
     return read_text(path), str(path)
 
 
+def rebuild_corpus(cfg, data: dict, vocab: Vocab) -> Corpus | None:
+    """A run's corpus, re-read from its source (the file, or the built-in corpus) and re-split as
+    training split it; None when the source is gone or no longer the text the run trained on."""
+    src = data.get("source")
+    if not isinstance(src, str):
+        return None
+    builtin = src.startswith("Python ") and "standard-library source" in src  # what load_text(None) describes
+    try:
+        text = builtin_corpus()[0] if builtin else read_text(src)
+    except RnnlabError:
+        return None
+    if text_digest(text) != data.get("sha256"):
+        return None
+    return build_corpus(text, src, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed,
+                        vocab=vocab)
+
+
 def build_corpus(text: str, source: str, *, lines: bool, val_frac: float, test_frac: float, seed: int,
                  vocab: Vocab | None = None) -> Corpus:
     """Encode and split ``text``. With ``vocab`` (a resumed run) the text must fit it."""

@@ -7,7 +7,8 @@
     ppl   = exp(loss)                           perplexity
 
 Stream mode scores every character of the split except the first (nothing precedes it), in
-``B`` contiguous rows with the state carried along each row. Lines mode scores every character
+``B`` contiguous rows with the state carried along each row (the block models, which carry
+nothing, see each chunk of ``seq_len`` characters on its own, as they were trained). Lines mode scores every character
 of every item plus its end token, each item from a fresh state.
 
 Each batch's rows may be split over threads as in training (``shards=``, a
@@ -50,6 +51,8 @@ def nll_sum(model, data, mode: str, batch_size: int = 32, seq_len: int = 100,
                 if reset:
                     state = None
                 loss, state = run(xp.asarray(x), xp.asarray(y), state)
+                if not model.carries_state:  # the block models score each chunk on its own
+                    state = None
                 total += backend.to_float(loss)
                 count += int((y >= 0).sum())
     finally:

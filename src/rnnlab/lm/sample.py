@@ -5,8 +5,14 @@ At each step the model's logits ``z (V,)`` for the next character become probabi
     p_i = exp(z_i / T) / sum_j exp(z_j / T)          temperature T > 0
     T = 0: the argmax (greedy decoding)
     top-k: all but the k largest z_i are dropped before the softmax
+    top-p: only the nucleus is kept, the fewest likeliest characters whose probabilities
+           (after temperature and top-k) add up to at least p; then renormalised
+           (Holtzman et al. 2020)
 
-The state after the priming text is carried forward; each new character is fed back in.
+The state after the priming text is carried forward; each new character is fed back in. A block
+model (the Transformer, the bag-of-words model) sees at most its block of ``K`` characters: its
+state is the last ``K - 1`` of them, so past the block generation crops to the last ``K``, as
+nanoGPT does (and a longer priming text is cut to its last ``K`` characters).
 Characters are handed to a callback as they are produced, so nothing but the model's state is
 kept, however long the sample.
 """
@@ -20,7 +26,8 @@ from .. import backend
 from ..errors import RnnlabError
 
 
-def choose(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
+def choose(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator,
+           top_p: float = 1.0) -> int:
     """One id drawn from host ``logits (V,)`` (float64 arithmetic for a stable softmax)."""
     z = np.asarray(logits, np.float64)
     if not np.isfinite(z).all():
@@ -35,11 +42,18 @@ def choose(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Ge
     z -= z.max()
     p = np.exp(z)
     p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")  # likeliest first; ties keep the lower id first
+        keep = int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1  # the nucleus: first to reach top_p
+        nucleus = np.zeros_like(p)
+        nucleus[order[:keep]] = p[order[:keep]]
+        p = nucleus / nucleus.sum()
     return int(rng.choice(z.size, p=p))
 
 
 def generate(model, vocab, *, prime: str = "", length: int = 500, temperature: float = 1.0, top_k: int = 0,
-             rng: np.random.Generator, lines: bool = False, emit: Callable[[str], None]) -> str | None:
+             rng: np.random.Generator, lines: bool = False, emit: Callable[[str], None],
+             top_p: float = 1.0) -> str | None:
     """Generate one sample, calling ``emit(text)`` as characters appear.
 
     Stream mode: continue ``prime`` for ``length`` characters. Lines mode: start an item with
@@ -54,12 +68,15 @@ def generate(model, vocab, *, prime: str = "", length: int = 500, temperature: f
         if not prime:
             raise RnnlabError("stream-mode sampling needs priming text (--prime)")
         ids = np.asarray(vocab.encode(prime, what="--prime")).tolist()
+    block = getattr(model, "block", None)
+    if block is not None and len(ids) > block:  # a block model sees the last `block` characters only
+        ids = ids[-block:]
     x = xp.asarray(np.asarray(ids, np.int64).reshape(-1, 1))  # (T_prime, 1)
     logits, state, _ = model.forward(x, None)
     last = backend.to_numpy(logits[-1, 0])
     produced = [prime] if lines else None
     for _ in range(length):
-        nxt = choose(last, temperature, top_k, rng)
+        nxt = choose(last, temperature, top_k, rng, top_p)
         if lines and nxt == vocab.eos:
             break
         ch = vocab.decode([nxt])

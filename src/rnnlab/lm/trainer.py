@@ -10,6 +10,12 @@ On the CPU the forward/loss/backward part runs on ``--threads`` threads by the p
 that measured fastest for this model on this machine at the start of the run, or the one named by
 ``--plan`` (:mod:`rnnlab.lm.plan`).
 
+A run is limited by steps (``max_steps``), by wall-clock time (``max_time``) or both, whichever
+comes first. With a time limit the learning-rate schedule follows the share of the budget used
+(``elapsed / max_time``; with both limits, the larger of the two shares), so a run of any speed
+traces the whole schedule and uses its whole budget. Compiling kernels happens before the clock
+starts (:mod:`rnnlab.lm.warmup`), so it never counts against ``max_time``.
+
 Everything a continuation needs is in ``checkpoints/last.safetensors``: the weights, the
 optimizer's slots, the carried state, and in its JSON metadata the step, the schedule, the
 generator and batcher positions. A run interrupted and resumed therefore ends bit-identical to
@@ -35,9 +41,10 @@ from ..models import build_model
 from ..optim import clip_grad_norm, flatten_state, make_optimizer, make_schedule, unflatten_state
 from .checkpoint import _FIX as _CHECKPOINT_FIX
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import DEFAULT_MAX_STEPS, TrainConfig
 from .corpus import Corpus
 from .evaluate import evaluate
+from .progress import make_progress
 from .rundir import RunDir
 from .plan import Plan, choose as choose_plan
 from .shards import BatchShards, blas_limit, usable_cores
@@ -102,18 +109,30 @@ class TrainResult:
     chars_per_s: float = 0.0
     elapsed: float = 0.0
     history: list = field(default_factory=list)
+    already_done: str = ""   # why no step ran: the limit a resumed run had already reached
+    compile_seconds: float = 0.0  # spent compiling kernels before the clock started (0: all cached)
 
 
 class Trainer:
     """Train ``cfg.model`` on ``corpus`` in the run directory ``run`` (already created and locked)."""
 
     def __init__(self, cfg: TrainConfig, corpus: Corpus, run: RunDir, *, progress: bool = True,
-                 log=print) -> None:
+                 log=print, progress_every: float = 30.0, on_eval=None) -> None:
+        """``progress``: show a bar on a terminal, else a plain line every ``progress_every``
+        seconds (see :mod:`rnnlab.lm.progress`); ``log`` prints notes (the compilation notice
+        is shown only with ``progress``). ``on_eval(record) -> bool``, if given, sees every
+        validation record (what goes into ``metrics.jsonl``) after its checkpoint is written;
+        True ends training there (an early stop, e.g. by a sweep's scheduler: not an
+        interruption)."""
         self.cfg, self.corpus, self.run, self.progress, self.log = cfg, corpus, run, progress, log
+        self.progress_every = progress_every
+        self.on_eval = on_eval
+        self._stop_asked = False
         self.rng = np.random.default_rng(cfg.seed)
         self.model = build_model(cfg.model_config(corpus.vocab.size), rng=self.rng)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.params, self.model.grads, lr=cfg.lr,
                                         **({"weight_decay": cfg.weight_decay} if cfg.weight_decay else {}))
+        self.optimizer.exclude_from_decay(self.model.no_decay())  # e.g. the transformer decays matrices only
         self.schedule = self._make_schedule()
         train = corpus.split.train
         if corpus.mode == "lines":
@@ -128,21 +147,65 @@ class Trainer:
         self.elapsed = 0.0
         self.best_val = math.inf
         self._saved_step = -1
+        self._saved_elapsed = 0.0
+        self._clock_start = None  # while fitting: the clock reading that ``elapsed`` counts from
         self._shards = None
+        self._compiled = False
         if self.model.kind == "bigram":
             self.model.prefit(self._train_pairs())
 
     def _make_schedule(self):
+        """The schedule over ``max_steps`` steps; a run limited by time alone passes the budget's
+        share to it instead (:meth:`budget_share`), and its step-based parameters take the default
+        step count as their nominal horizon."""
         cfg = self.cfg
+        steps = cfg.max_steps or DEFAULT_MAX_STEPS
         if cfg.schedule == "cosine":
-            return make_schedule("cosine", self.optimizer, warmup_steps=min(cfg.warmup, cfg.max_steps // 2), total_steps=cfg.max_steps,
+            return make_schedule("cosine", self.optimizer, warmup_steps=min(cfg.warmup, steps // 2), total_steps=steps,
                                  min_lr=cfg.min_lr)
         if cfg.schedule == "step":
-            return make_schedule("step", self.optimizer, step_size=max(1, cfg.max_steps // 3), gamma=0.3)
+            return make_schedule("step", self.optimizer, step_size=max(1, steps // 3), gamma=0.3, horizon=steps)
         if cfg.schedule == "exponential":
-            return make_schedule("exponential", self.optimizer,
-                                 gamma=(cfg.min_lr / cfg.lr) ** (1.0 / cfg.max_steps) if cfg.min_lr > 0 else 0.999)
+            return make_schedule("exponential", self.optimizer, horizon=steps,
+                                 gamma=(cfg.min_lr / cfg.lr) ** (1.0 / steps) if cfg.min_lr > 0 else 0.999)
         return make_schedule("constant", self.optimizer)
+
+    def budget_share(self) -> float | None:
+        """The share of a time-limited run's budget used: ``elapsed / max_time``, or with a step
+        limit too the larger of that and ``step / max_steps``; None for a run limited by steps
+        alone (its schedule counts steps)."""
+        cfg = self.cfg
+        if not cfg.max_time:
+            return None
+        p = self.elapsed / cfg.max_time
+        if cfg.max_steps:
+            p = max(p, self.step / cfg.max_steps)
+        return min(p, 1.0)
+
+    def limit_reached(self) -> str:
+        """Why no further step may run (the step or time limit is reached), or ``""``."""
+        cfg = self.cfg
+        steps = cfg.step_limit()
+        if steps is not None and self.step >= steps:
+            return f"step {self.step:,} of --max-steps {steps:,}"
+        if cfg.max_time and self.elapsed >= cfg.max_time:
+            return f"{self.elapsed:.0f} s of --max-time {cfg.max_time:g} s"
+        return ""
+
+    def compile_kernels(self, notify=None) -> float:
+        """Compile (or load from the cache) every kernel this run's steps and validation use,
+        once, before training is timed; ``notify`` (default: :attr:`log` when showing progress)
+        hears about a compilation. Returns the seconds spent compiling: 0 when nothing had to be
+        compiled (done already, or every kernel loaded from numba's cache)."""
+        if self._compiled:
+            return 0.0
+        from .warmup import warm_up
+
+        if notify is None and self.progress:
+            notify = self.log
+        seconds = warm_up(self.model, self._batch_shards(), self.cfg, self.corpus, notify)
+        self._compiled = True
+        return seconds
 
     def _train_pairs(self):
         """(x, y) batches covering the training split once (for closed-form fits)."""
@@ -173,6 +236,8 @@ class Trainer:
         return tensors, meta
 
     def save(self, which: str = "last") -> None:
+        if which == "last":
+            self._saved_elapsed = self.elapsed
         tensors, meta = self.snapshot()
         if which == "best":
             tensors = model_tensors(self.model)
@@ -210,6 +275,7 @@ class Trainer:
             self.step = self._saved_step = int(meta["step"])
             self.elapsed = float(meta["elapsed"])
             self.best_val = math.inf if meta.get("best_val") is None else float(meta["best_val"])
+            self.schedule.update(self.budget_share())  # the rate for this run's budget (it may have changed)
         except RnnlabError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
@@ -241,10 +307,10 @@ class Trainer:
         if not math.isfinite(norm):
             raise _Diverged(f"the gradient norm became {norm}", self.step + 1)
         self.optimizer.step()
-        self.schedule.step()
-        if self.corpus.mode != "lines":
+        if self.corpus.mode != "lines" and self.model.carries_state:
             self.state = state_n
         self.step += 1
+        self.schedule.step(self.budget_share())  # the rate for the next step
         return loss
 
     def validate(self) -> float:
@@ -256,10 +322,11 @@ class Trainer:
 
     def make_plan(self) -> Plan:
         """The run's parallel plan: a resumed run's, else the one :func:`rnnlab.lm.plan.choose`
-        picks for the ``threads`` and ``plan`` options (it says which in the log)."""
+        picks for the ``threads`` and ``plan`` options (it says which in the log when showing progress)."""
         if self.plan is None:
             cfg = self.cfg
-            self.plan = choose_plan(self.model, cfg.batch, self._step_len(), cfg.threads, cfg.plan, log=self.log)
+            self.plan = choose_plan(self.model, cfg.batch, self._step_len(), cfg.threads, cfg.plan,
+                                    log=self.log if self.progress else None)
         return self.plan
 
     def _step_len(self) -> int:
@@ -269,17 +336,19 @@ class Trainer:
         return max(1, int(np.mean(self.corpus.split.train.lengths)) + 1)
 
     def fit(self) -> TrainResult:
+        """Train until the step or time limit (or Ctrl-C); evaluate and checkpoint every
+        ``eval_every`` steps and at the end. A resumed run whose limit is already reached trains
+        nothing and says so in :attr:`TrainResult.already_done`."""
         cfg = self.cfg
         chars_per_step = cfg.batch * self._step_len()
-        self.make_plan()
+        done = self.limit_reached()
+        if done:
+            self._close_shards()
+            return TrainResult(self.step, self.best_val, math.nan, elapsed=self.elapsed, already_done=done)
+        self.make_plan()  # before the clock starts: the plan's search (when not cached) times the candidates
         stop = _StopFlag()
-        # a time-limited run shows its progress in seconds, a step-limited one in steps
-        by_time = bool(cfg.max_time)
-        bar = _progress_bar(self.progress, by_time, total=cfg.max_time if by_time else cfg.max_steps,
-                            initial=self.elapsed if by_time else self.step)
         losses: list[float] = []
         last_train = math.nan
-        run_start = time.perf_counter() - self.elapsed
         window_time, window_steps = 0.0, 0
         cps = 0.0
         warm = False
@@ -289,35 +358,43 @@ class Trainer:
         # idle workers, woken by a multi-threaded call between steps, spin for a while and would
         # compete with the plan's own threads.
         blas = blas_limit(self.plan.blas_threads) if backend.xp is np else contextlib.nullcontext()
+        bar = None
+        ok = False
         try:
             with stop, blas:
-                while self.step < cfg.max_steps:
+                compile_seconds = self.compile_kernels()  # before the clock starts
+                # a time-limited run shows its progress in seconds, a step-limited one in steps
+                by_time = bool(cfg.max_time)
+                bar = make_progress(self.progress, by_time, total=cfg.max_time if by_time else cfg.step_limit(),
+                                    initial=self.elapsed if by_time else self.step, every=self.progress_every)
+                self._clock_start = time.perf_counter() - self.elapsed
+                while not self.limit_reached():
                     if stop.flag:
                         interrupted = True
                         break
-                    if cfg.max_time and time.perf_counter() - run_start >= cfg.max_time:
+                    if self._stop_asked:
                         break
                     t0 = time.perf_counter()
                     loss = self.train_step()
                     losses.append(loss)
                     now = time.perf_counter()
-                    if warm:  # the first step (JIT compilation, first-touch memory) is not timed
+                    if warm:  # the first step (first-touch memory) is not timed
                         window_steps += 1
                         window_time += now - t0  # training time only, evaluation excluded
                     else:
                         first_step = now - t0
                     warm = True
-                    self.elapsed = now - run_start
+                    self.elapsed = now - self._clock_start
                     if window_time > 1.0:
                         cps = window_steps * chars_per_step / window_time
                         window_time, window_steps = 0.0, 0
                     if bar is not None:
-                        bar.update(min(self.elapsed, cfg.max_time) - bar.n if by_time else 1)
-                        bar.set_postfix_str(self._postfix(loss, cps), refresh=False)
+                        bar.update(self.elapsed if by_time else self.step, self.step, self._postfix(loss, cps))
                     if self.step % cfg.eval_every == 0:
                         last_train = float(np.mean(losses))
                         self._evaluate_and_save(last_train, cps)
                         losses = []
+                        self._tick()  # validation and saving count against the budget
             if losses:
                 last_train = float(np.mean(losses))
             if cps == 0.0 and window_time > 0:  # a run shorter than the 1-second speed window
@@ -326,6 +403,9 @@ class Trainer:
                 cps = chars_per_step / first_step
             if self.step != self._saved_step:
                 self._evaluate_and_save(last_train, cps, run_eval=not interrupted)
+            elif self.elapsed != self._saved_elapsed:  # the time the last save took: a resumed run counts it
+                self.save("last")
+            ok = True
         except _Diverged as exc:
             last = self.run.checkpoint_path("last")
             kept = (f"the last good checkpoint is kept unchanged in {last}" if last.is_file() else
@@ -335,16 +415,18 @@ class Trainer:
                 f"gradients harder (--clip {max(cfg.clip / 2, 0.5) if cfg.clip else 1.0:g}) and start again"
             ) from None
         finally:
+            self._clock_start = None
             if bar is not None:
-                bar.close()
+                bar.close(ok)
             self._close_shards()
-        return TrainResult(self.step, self.best_val, last_train, interrupted, cps, self.elapsed)
+        return TrainResult(self.step, self.best_val, last_train, interrupted, cps, self.elapsed,
+                           compile_seconds=compile_seconds)
 
     def _batch_shards(self) -> BatchShards:
         """The training step's shards by the run's plan, made on first use (after a resume has set
         the plan) and closed at the end of :meth:`fit`; the validation passes use them too."""
         if self._shards is None:
-            self._shards = self.plan.batch_shards(self.model)
+            self._shards = self.make_plan().batch_shards(self.model)
         return self._shards
 
     def _close_shards(self) -> None:
@@ -354,11 +436,17 @@ class Trainer:
 
     def _postfix(self, loss, cps) -> str:
         val = f"{self.best_val:.3f}" if math.isfinite(self.best_val) else "-"
-        return f"step {self.step} | loss {loss:.3f} | best val {val} | {cps:,.0f} chars/s"
+        return f"loss {loss:.3f} | best val {val} | {cps:,.0f} chars/s | lr {self.optimizer.lr:.2e}"
+
+    def _tick(self) -> None:
+        """Bring :attr:`elapsed` up to the clock while fitting."""
+        if self._clock_start is not None:
+            self.elapsed = time.perf_counter() - self._clock_start
 
     def _evaluate_and_save(self, train_loss, cps, run_eval=True) -> None:
         self._saved_step = self.step
         val = self.validate() if run_eval else math.nan
+        self._tick()  # the checkpoint counts the validation's time
         if run_eval and len(self.corpus.split.val) and not math.isfinite(val):
             # the weights are no longer good: keep the previous checkpoint rather than overwrite it
             raise _Diverged(f"the validation loss became {val}", self.step)
@@ -372,8 +460,10 @@ class Trainer:
         if improved or (not math.isfinite(val) and not self.run.checkpoint_path("best").exists()):
             self.save("best")
         self.save("last")
-        append_jsonl(self.run.metrics, {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                        for k, v in record.items()})
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        append_jsonl(self.run.metrics, record)
+        if self.on_eval is not None and self.on_eval(dict(record)):
+            self._stop_asked = True
         try:
             from .plot import plot_losses
 
@@ -424,16 +514,6 @@ class _StopFlag:
         for s, h in self._old.items():
             signal.signal(s, h)
         return False
-
-
-def _progress_bar(enabled: bool, by_time: bool, total: float, initial: float):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    counter = "{n:.0f}/{total:.0f} s" if by_time else "{n_fmt}/{total_fmt} steps"
-    return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True,
-                bar_format="{l_bar}{bar}| " + counter + " [{elapsed}<{remaining}{postfix}]")
 
 
 def write_run_files(run: RunDir, cfg: TrainConfig, corpus: Corpus) -> None:

@@ -22,6 +22,9 @@ class LanguageModel(Module):
     """Base class: ids ``(T, B)`` -> logits ``(T, B, V)``."""
 
     kind = "base"
+    carries_state = True
+    """Whether the trainer and the evaluator carry ``state_n`` into the next chunk of a stream
+    (False for the block models, which train and score each chunk on its own)."""
 
     def __init__(self, vocab_size: int, dtype=np.float32) -> None:
         super().__init__()
@@ -34,6 +37,10 @@ class LanguageModel(Module):
     def initial_state(self, xp, batch: int):
         """The state at the start of a text for ``batch`` sequences (None: nothing carried)."""
         return None
+
+    def no_decay(self) -> set:
+        """Names of the parameters that weight decay leaves alone (none by default)."""
+        return set()
 
     def prefit(self, pairs) -> None:
         """Optional closed-form fit from ``(x, y)`` id batches before gradient training."""

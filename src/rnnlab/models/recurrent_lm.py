@@ -1,4 +1,5 @@
-"""Character-level recurrent language model: embedding -> RNN | LSTM | GRU -> linear read-out.
+"""Character-level recurrent language model: embedding -> RNN | LSTM | GRU | minGRU | minLSTM ->
+linear read-out.
 
 ::
 
@@ -15,10 +16,11 @@ import numpy as np
 from .. import backend
 from ..nn.embedding import Embedding
 from ..nn.linear import Linear
+from ..nn.minrnn import MinGRU, MinLSTM
 from ..nn.recurrent import GRU, LSTM, RNN
 from .base import LanguageModel
 
-CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "mingru": MinGRU, "minlstm": MinLSTM}
 
 
 class RecurrentLM(LanguageModel):
@@ -44,6 +46,11 @@ class RecurrentLM(LanguageModel):
         self.rnn = self.add_child("rnn", CELLS[cell](in_size, self.hidden, **kw))
         self.out = self.add_child("out", Linear(self.hidden, vocab_size, dtype=dtype, rng=rng,
                                                 name_w="W_hy", name_b="b_y"))
+
+    @property
+    def split_rows(self) -> bool:
+        """minGRU/minLSTM: one shard per core (their compiled scans run on one core each)."""
+        return self.cell in ("mingru", "minlstm")
 
     def config(self) -> dict:
         return {"model": self.cell, "vocab_size": self.vocab_size, "hidden": self.hidden,

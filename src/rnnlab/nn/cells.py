@@ -9,9 +9,10 @@ recurrent term apart, see below), activates and writes the gates over ``a``.
 
 **Backends.** :func:`kernels_for` is the one dispatch point: it returns the kernel set for an
 array module and dtype. NumPy float32/float64 arrays get the numba-compiled fused kernels of
-:mod:`rnnlab.nn.fused` (one pass per step, compiled lazily on first use and cached on disk) when
-numba is installed and ``RNNLAB_NO_NUMBA`` is not set; every other case (NumPy without numba,
-CuPy, other dtypes) gets :class:`UfuncKernels`, the same kernels written with ``xp`` ufuncs.
+:mod:`rnnlab.nn.fused` (one pass per step, compiled lazily on first use and cached on disk) unless
+``RNNLAB_NO_NUMBA`` is set; numba is a dependency of rnnlab, and where it cannot be loaded (a
+platform without wheels, a broken install) one warning says so and every NumPy array gets
+:class:`UfuncKernels`, the same kernels written with ``xp`` ufuncs, as CuPy and other dtypes do.
 Both sets have identical signatures and semantics; the layers call ``K.lstm_forward(...)`` and
 never know which one runs.
 
@@ -54,8 +55,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import numpy as np
+
+from ..errors import RnnlabWarning
 
 _NUMBA = None  # the fused kernel set once imported, False when numba is unavailable
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -64,15 +68,19 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 def numba_enabled() -> bool:
     """True when the numba kernels are in use for NumPy arrays: numba imports and the
     environment variable ``RNNLAB_NO_NUMBA`` is unset (or ``0``/empty). Importing numba happens
-    here, on first use, never at ``import rnnlab``."""
+    here, on first use, never at ``import rnnlab``; if it fails, one :class:`RnnlabWarning` says
+    so and the NumPy kernels run."""
     global _NUMBA
     if os.environ.get("RNNLAB_NO_NUMBA", "") not in ("", "0"):
         return False
     if _NUMBA is None:
         try:
             from . import fused
-        except ImportError:  # numba is an optional extra (pip install 'rnnlab[fast]')
+        except Exception as exc:  # not installed, or installed but unable to load (llvmlite, platform)
             _NUMBA = False
+            warnings.warn(f"numba could not be loaded ({type(exc).__name__}: {exc}); training runs the NumPy "
+                          "kernels, several times slower: pip install numba (RNNLAB_NO_NUMBA=1 silences this)",
+                          RnnlabWarning, stacklevel=2)
         else:
             _NUMBA = fused.KERNELS
     return _NUMBA is not False
@@ -86,6 +94,17 @@ def fused_kernels(xp, dtype):
     if xp is np and dtype in _FLOATS and numba_enabled():
         return _NUMBA
     return None
+
+
+def compiled_module(xp, dtype, name: str):
+    """The numba kernel module ``rnnlab.nn.<name>`` (e.g. ``fused_minrnn``) for NumPy
+    float32/float64 arrays when :func:`fused_kernels` applies, else ``None``; imported (and so
+    compiled) on first use, never at ``import rnnlab``."""
+    if fused_kernels(xp, np.dtype(dtype)) is None:
+        return None
+    import importlib
+
+    return importlib.import_module(f".{name}", __package__)
 
 
 def sequence_loops(xp, dtype):

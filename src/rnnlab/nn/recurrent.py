@@ -52,7 +52,20 @@ def _ws(xp, shape, dtype):
 
 class _Recurrent(Module):
     """Layers, directions, padding masks, dropout and the weight-gradient GEMMs, shared by the
-    three cells. Subclasses supply ``gates`` and the per-direction loops over time."""
+    three cells. Subclasses supply ``gates`` and the per-direction loops over time.
+
+    Initialisation (explicit ``rng``):
+
+    - ``init="uniform"`` (PyTorch's ``U(±1/sqrt(H))`` for every weight and bias), ``"xavier"``
+      (Glorot weights, zero biases), or ``"chrono"`` (uniform weights; LSTM/GRU gate biases that
+      spread the memory time constants over ``[1, chrono_tmax]``, Tallec & Ollivier 2018, see
+      :func:`rnnlab.nn.init.chrono_biases`).
+    - ``recurrent_init``: ``None`` (as ``init``), ``"orthogonal"`` (each gate block of ``W_hh``
+      orthogonal), or ``"identity"`` (each block the identity and the bias zero: with
+      ``RNN(nonlinearity="relu")`` this is the IRNN of Le, Jaitly & Hinton 2015).
+    - ``forget_bias``: the LSTM's forget-gate bias (Gers et al. 2000; Jozefowicz et al. 2015
+      recommend 1).
+    """
 
     gates = 1
     has_cell_state = False
@@ -73,16 +86,20 @@ class _Recurrent(Module):
         init: str = "uniform",
         recurrent_init: str | None = None,
         forget_bias: float | None = None,
+        chrono_tmax: float | None = None,
     ) -> None:
         super().__init__()
         if input_size < 1 or hidden_size < 1 or num_layers < 1:
             raise ValueError("input_size, hidden_size and num_layers must be positive")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if init not in ("uniform", "xavier"):
-            raise ValueError(f"init must be 'uniform' or 'xavier', got {init!r}")
-        if recurrent_init not in (None, "orthogonal"):
-            raise ValueError(f"recurrent_init must be None or 'orthogonal', got {recurrent_init!r}")
+        if init not in ("uniform", "xavier", "chrono"):
+            raise ValueError(f"init must be 'uniform', 'xavier' or 'chrono', got {init!r}")
+        if recurrent_init not in (None, "orthogonal", "identity"):
+            raise ValueError(f"recurrent_init must be None, 'orthogonal' or 'identity', got {recurrent_init!r}")
+        if init == "chrono" and (self.mode not in ("lstm", "gru") or chrono_tmax is None or chrono_tmax <= 2 or not bias):
+            raise ValueError("init='chrono' needs an LSTM or GRU with biases and chrono_tmax > 2 (the longest "
+                             f"dependency to expect, in steps), got mode {self.mode!r}, chrono_tmax {chrono_tmax!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
@@ -103,6 +120,8 @@ class _Recurrent(Module):
                     w_xh = winit.uniform_fan(rng, (G * H, in_k), H, dtype)
                 if recurrent_init == "orthogonal":
                     w_hh = np.concatenate([winit.orthogonal(rng, (H, H), dtype) for _ in range(G)])
+                elif recurrent_init == "identity":
+                    w_hh = np.concatenate([np.eye(H, dtype=dtype)] * G)
                 elif init == "xavier":
                     w_hh = np.concatenate([winit.xavier_uniform(rng, (H, H), dtype) for _ in range(G)])
                 else:
@@ -115,8 +134,12 @@ class _Recurrent(Module):
                         b = np.zeros(G * H, dtype)
                     else:
                         b = winit.uniform_fan(rng, (G * H,), H, dtype)
+                    if recurrent_init == "identity":
+                        b[:] = 0  # the IRNN recipe: identity recurrence, zero bias
                     if forget_bias is not None and self.mode == "lstm":
                         b[H : 2 * H] = forget_bias
+                    if init == "chrono":
+                        winit.chrono_biases(rng, b, H, self.mode, chrono_tmax)
                     self.add_param(n["b_h"], b)
                     if self.mode == "gru":
                         n["b_hn"] = "b_hn" + sfx
@@ -197,18 +220,7 @@ class _Recurrent(Module):
         input_size)`` (``None`` for one-hot), in place of ``dx``.
         """
         xp = backend.array_module(x)
-        if embedding is not None:
-            x = self._ids_input(xp, x, embedding)
-            T, B = x.ids.shape
-        else:
-            x = xp.asarray(x, dtype=self.param_dtype)
-            if x.ndim != 3:
-                raise ValueError(f"input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I), got shape {tuple(x.shape)}")
-            if self.batch_first:
-                x = x.transpose(1, 0, 2)  # (B, T, I) -> (T, B, I)
-            T, B, I = x.shape
-            if I != self.input_size:
-                raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
+        x, T, B = self._input(xp, x, embedding)
         h0, c0 = self._split_state(xp, state, B)
         keep, mf = self._masks(xp, lengths, T, B)
         D = self.num_directions
@@ -251,6 +263,22 @@ class _Recurrent(Module):
         return y, state_n, cache
 
     __call__ = forward
+
+    def _input(self, xp, x, embedding):
+        """``(input, T, B)``: token ids and their table (:class:`_Ids`) with ``embedding=``, else
+        the checked time-major ``(T, B, I)`` array."""
+        if embedding is not None:
+            x = self._ids_input(xp, x, embedding)
+            return (x, *x.ids.shape)
+        x = xp.asarray(x, dtype=self.param_dtype)
+        if x.ndim != 3:
+            raise ValueError(f"input must be 3-D ({'B, T' if self.batch_first else 'T, B'}, I), got shape {tuple(x.shape)}")
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)  # (B, T, I) -> (T, B, I)
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"input size {I} does not match the layer's input_size {self.input_size}")
+        return x, T, B
 
     def _ids_input(self, xp, x, embedding):
         """Validate token ids and their table for ``forward(..., embedding=)``."""
