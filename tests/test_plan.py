@@ -135,6 +135,20 @@ def test_measure_leaves_the_model_as_it_was():
     assert all(not g.any() for g in model.grads.values())
 
 
+def test_measure_takes_more_rounds_for_small_steps(monkeypatch):
+    """Three rounds when the timed steps already add up to ``min_seconds``; more, up to
+    ``max_rounds``, while they do not (two timed steps per plan and round)."""
+    model = _model("gru", "float32")
+    plans = [Plan("blas", 1), Plan("split", 2)]  # two plans: the race keeps both
+    for min_seconds, rounds in ((0.0, 3), (1e9, 7)):
+        timed_steps = []
+        real = planner.time.perf_counter
+        monkeypatch.setattr(planner.time, "perf_counter", lambda: timed_steps.append(1) or real())
+        planner.measure(model, plans, 16, 5, rounds=3, min_seconds=min_seconds, max_rounds=7)
+        monkeypatch.undo()
+        assert len(timed_steps) == 2 * 2 * len(plans) * rounds  # two clock reads per timed step
+
+
 def test_plan_records_round_trip_and_reject_nonsense():
     for kind in KINDS:
         assert Plan.from_dict(Plan(kind, 3).to_dict()) == Plan(kind, 3)

@@ -131,14 +131,16 @@ def candidates(model, batch: int, threads: int) -> list[Plan]:
 
 
 def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3, keep: float = 1.25,
-            seed: int = 0) -> dict[Plan, float]:
+            seed: int = 0, min_seconds: float = 1.0, max_rounds: int = 15) -> dict[Plan, float]:
     """Median seconds of forward, loss and backward per plan, on random ids ``(seq_len, batch)``.
 
     A warm-up step per plan (compilation, first-touch memory), then ``rounds`` rounds; in each, every
     plan still in the race runs one untimed step and two timed ones, the plans with one BLAS thread
     first, after a pause of :data:`SETTLE_S` when the threads are shared. After the first round
     only the plans within ``keep`` times the best so far stay in the race (the others keep their
-    first median)."""
+    first median). Small steps get more rounds: they go on until the timed steps add up to
+    ``min_seconds`` (at most ``max_rounds``), since a few samples of a 10 ms step do not tell
+    plans apart that differ by 10 %."""
     V = getattr(model, "vocab_size")
     rng = np.random.default_rng(seed)
     x = backend.asarray(rng.integers(0, V, (seq_len, batch)))
@@ -153,7 +155,8 @@ def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3,
             with blas_limit(p.blas_threads):
                 runners[p].step(x, y, state, None, np.random.default_rng(seed))
         race = list(plans)
-        for r in range(rounds):
+        r = 0
+        while r < rounds or (r < max_rounds and sum(map(sum, times.values())) < min_seconds):
             if shared:
                 time.sleep(SETTLE_S)
             for p in race:
@@ -167,6 +170,7 @@ def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3,
             if r == 0 and len(race) > 2:
                 best = min(statistics.median(times[p]) for p in race)
                 race = [p for p in race if statistics.median(times[p]) <= keep * best]
+            r += 1
     finally:
         for s in runners.values():
             s.close()
