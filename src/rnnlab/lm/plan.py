@@ -259,7 +259,8 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
             n = min(n, batch)  # at least one row per shard
         chosen = Plan(plan, n)
         if chosen.gemm == "packed" and backend.xp is np and not cells.numba_enabled():
-            raise RnnlabError(f"--plan {plan} needs numba (pip install 'rnnlab[fast]'); choose blas or split")
+            raise RnnlabError(f"--plan {plan} needs numba, which is off here (RNNLAB_NO_NUMBA, or it could not be "
+                              "loaded); choose blas or split")
         if log:
             log(f"plan: {chosen.describe()} (as asked)")
         return chosen

@@ -128,7 +128,8 @@ def loop_settings(gemm: str = "blas", team: int = 1):
         if not numba_enabled():
             return contextlib.nullcontext()
     elif not numba_enabled():
-        raise ValueError(f"loop settings {gemm!r} x {team} need numba (pip install 'rnnlab[fast]')")
+        raise ValueError(f"loop settings {gemm!r} x {team} need numba, which is off here "
+                         "(RNNLAB_NO_NUMBA, or it could not be loaded)")
     from . import timeloop
 
     return timeloop.settings(gemm, team)
