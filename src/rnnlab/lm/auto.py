@@ -42,7 +42,10 @@ MIN_EPOCHS = 8.0
 
 FLOPS_PER_CORE = 60e9
 """Floating-point operations per second one core sustains in an rnnlab training step (float32);
-measured: 2x384 LSTM at batch 32, 11.3k chars/s on 2 cores = 2 x 63 GFLOP/s."""
+measured before the parallel plans (lm/plan.py): 2x384 LSTM at batch 32, 11.3k chars/s on 2 cores
+= 2 x 63 GFLOP/s. With them the AVX-512 development machine runs that model at 15.7k chars/s
+(2 x 89 GFLOP/s); the rule keeps the lower rate, so a slower machine (narrower vectors, a busy
+one) still gets the epochs it counts on, and a faster one trains the chosen model for more epochs."""
 
 MAX_CORES = 8
 """Cores beyond this are not counted on (the batch split stops paying)."""
