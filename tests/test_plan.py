@@ -233,6 +233,7 @@ def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):
     measured over."""
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))  # a quiet machine
     calls = []
     order = iter(["split", "blas", "blas", "split"])
 
@@ -252,3 +253,28 @@ def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):
     assert planner.choose(model, 32, 7).kind == "blas" and len(calls) == 3  # the new choice is remembered
     planner.cache_path().write_text("{not json", encoding="utf-8")
     assert planner.choose(model, 32, 7).kind == "split" and len(calls) == 4
+
+
+def test_a_choice_timed_on_a_busy_machine_is_not_remembered(tmp_path, monkeypatch):
+    """With the load average above the usable cores the run gets the measured plan and the log
+    says why it is not remembered; the next run measures again, and a quiet one remembers."""
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(planner, "usable_cores", lambda: 2)
+    calls = []
+
+    def measure(m, plans, batch, seq_len, **kw):
+        calls.append(1)
+        return {p: 0.0 if p.kind == "split" else 1.0 for p in plans}
+
+    monkeypatch.setattr(planner, "measure", measure)
+    model = _model("lstm", "float32")
+    lines = []
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (3.5, 3.0, 2.0))
+    assert planner.choose(model, 32, 7, log=lines.append).kind == "split"
+    assert "the machine is busy (load 3.5 on 2 cores)" in lines[-1] and not planner.cache_path().exists()
+    assert planner.choose(model, 32, 7).kind == "split" and len(calls) == 2  # measured again
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    planner.choose(model, 32, 7)
+    assert len(calls) == 3 and planner.cache_path().exists()
+    planner.choose(model, 32, 7)
+    assert len(calls) == 3  # remembered

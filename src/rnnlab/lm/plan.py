@@ -22,7 +22,8 @@ checkpoints, so a resumed run continues with the same bits.
 (random ids, the model's current weights, no optimizer step: the run itself is not touched),
 alternating the candidates over a few rounds, keeps the fastest by median and remembers it for
 this machine and model shape (:func:`cache_path`): later runs of the same shape take it without
-timing, and so compute the same bits as the first. ``plan="measure"`` times again;
+timing, and so compute the same bits as the first (a choice timed while other work filled the
+cores is used for that run only, :func:`busy_load`). ``plan="measure"`` times again;
 ``plan="NAME"`` forces a kind. Only the candidates that can run are timed: the packed kinds need
 numba, the split kinds at least :data:`~rnnlab.lm.shards.MIN_ROWS` rows per shard, and a model
 that is not recurrent (or a CuPy run) has only ``blas``.
@@ -279,9 +280,24 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
                 log(f"plan: {chosen.describe()}, the fastest when measured on this machine for this model on "
                     f"{hit.get('date', '?')} (--plan measure times the candidates again)")
             return chosen
+    busy = busy_load()
     chosen, timed = fastest(model, batch, seq_len, n)
-    _cache_write(key, chosen, timed)
+    if busy is None:
+        _cache_write(key, chosen, timed)
     if log:
         log(f"plan: {chosen.describe()}, the fastest of " + ", ".join(
-            f"{p.label} {timed[p] * 1e3:.1f} ms" for p in sorted(timed, key=timed.get)) + " per step (forward + backward)")
+            f"{p.label} {timed[p] * 1e3:.1f} ms" for p in sorted(timed, key=timed.get)) + " per step (forward + backward)"
+            + (f"; the machine is busy ({busy}), so this choice is for this run only, not remembered" if busy else ""))
     return chosen
+
+
+def busy_load() -> str | None:
+    """``"load L on N cores"`` when other work already fills the usable cores (the 1-minute load
+    average above their number), else ``None``. A plan timed then would reflect that moment's
+    load: the run uses it, but it is not remembered for later runs."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return None
+    cores = usable_cores()
+    return f"load {load:.1f} on {cores} core{'s' if cores > 1 else ''}" if load > cores else None
