@@ -18,6 +18,7 @@ from numba import njit  # noqa: E402
 
 from rnnlab.nn import cells, packed, spin, team, timeloop  # noqa: E402
 from rnnlab.nn.recurrent import GRU, LSTM, RNN  # noqa: E402
+from layer_outputs import layer_outputs  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not cells.numba_enabled(), reason="the numba kernels are off (RNNLAB_NO_NUMBA)")
 
@@ -167,14 +168,7 @@ def _run(layer_cls, dtype, gemm, size, *, bidir=False, lengths=None, bias=True, 
         y, state_n, cache = layer.forward(x, state, lengths=lengths)
         y = y.copy()
         dx, dstate0 = layer.backward(rng.standard_normal(y.shape).astype(dtype), None, cache)
-    out = {"y": y, "dx": dx, **{f"grad {k}": g for k, g in layer.grads.items()}}
-    for name, s in (("state_n", state_n), ("dstate0", dstate0)):
-        for i, a in enumerate(s if isinstance(s, tuple) else (s,)):
-            out[f"{name}[{i}]"] = a
-    for k, dirs in enumerate(cache["dh"]):
-        for d, dh in enumerate(dirs):
-            out[f"dh[{k}][{d}]"] = dh
-    return out
+    return layer_outputs(layer, y, dx, state_n, dstate0, cache)
 
 
 CASES = [(RNN, {}), (RNN, {"nonlinearity": "relu"}), (LSTM, {}), (GRU, {})]

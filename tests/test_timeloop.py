@@ -15,6 +15,7 @@ pytest.importorskip("numba")
 
 from rnnlab.nn import blas, cells, timeloop  # noqa: E402
 from rnnlab.nn.recurrent import GRU, LSTM, RNN  # noqa: E402
+from layer_outputs import layer_outputs  # noqa: E402
 
 
 def _openblas_loaded() -> bool:
@@ -41,14 +42,7 @@ def _run(layer_cls, dtype, *, bidir, lengths, bias, dy_given, kw):
     dy = rng.standard_normal(y.shape).astype(dtype) if dy_given else None
     dstate = tuple(np.ones_like(s) for s in state_n) if layer_cls is LSTM else np.ones_like(state_n)
     dx, dstate0 = layer.backward(dy, dstate, cache)
-    out = {"y": y, "dx": dx, **{f"grad {k}": g for k, g in layer.grads.items()}}
-    for name, s in (("state_n", state_n), ("dstate0", dstate0)):
-        for i, a in enumerate(s if isinstance(s, tuple) else (s,)):
-            out[f"{name}[{i}]"] = a
-    for k, dirs in enumerate(cache["dh"]):
-        for d, dh in enumerate(dirs):
-            out[f"dh[{k}][{d}]"] = dh
-    return out
+    return layer_outputs(layer, y, dx, state_n, dstate0, cache)
 
 
 CASES = [
