@@ -312,6 +312,17 @@ def test_resume_max_steps_after_sigkill(relation, killed_run, texts, tmp_path, c
         assert file_bytes(run) == file_bytes(killed)
 
 
+def test_resume_on_other_threads_with_its_limit_reached(killed_run, texts, tmp_path, capsys):
+    """A new --threads (so no plan from the checkpoint) on a run whose limit is reached: it says
+    so, scores the test split and changes nothing."""
+    killed, _ = killed_run
+    done = step_of(last_of(killed))
+    run, rc, out, err = resume_copy(killed, tmp_path, capsys, texts, "--threads", "1", "--max-steps", done)
+    assert rc == 0 and err == "", err
+    assert "already reached its limit" in out and "test loss" in out
+    assert file_bytes(run) == file_bytes(killed)
+
+
 @pytest.mark.parametrize("relation", ["below", "at", "above"])
 def test_resume_max_time_after_sigkill(relation, killed_run, texts, tmp_path, capsys):
     killed, _ = killed_run

@@ -205,7 +205,7 @@ def _report_training(args, trainer, result):
         best = run.checkpoint_path("best")
         if best.is_file():
             load_model_weights(trainer.model, best)
-        with trainer.plan.batch_shards(trainer.model) as shards:  # the training's plan
+        with trainer.make_plan().batch_shards(trainer.model) as shards:  # the run's plan (made here if it trained none)
             t = evaluate(trainer.model, trainer.corpus.split.test, trainer.corpus.mode, cfg.batch, cfg.seq_len,
                          shards=shards)
         lines.append(f"test loss {t['loss_nats']:.4f} nats/char, {t['bits_per_char']:.4f} bits/char, "
