@@ -31,10 +31,11 @@ from ..data import LinesBatcher, StreamBatcher
 from ..nn import cells
 from ..optim import make_optimizer
 
-COMPILE_SECONDS = 5
+COMPILE_SECONDS = 15
 """About how long the first run's compilation of a run's kernels takes, said in the message:
-measured 3.1 s for a 2-layer LSTM run in a fresh install on the 2-core development machine
-(numba 0.68; 0.1 s once they are in numba's cache)."""
+measured 13.3 s for `rnnlab demo`'s LSTM in a fresh install on the 2-core development machine
+with the packed kernels of the parallel plans (3.1 s before them; numba 0.68; a fraction of a
+second once they are in numba's cache)."""
 
 
 def warm_up(model, shards, cfg, corpus, notify=None) -> float:
