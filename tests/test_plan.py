@@ -219,12 +219,34 @@ def test_resume_with_another_plan_says_whether_the_bits_change(tmp_path, capsys)
         assert "plan: packed on 3 threads (as asked)" in out and "no longer bit-identical" not in out
 
 
-def test_checkpoints_from_before_plans_resume_with_their_shard_count():
-    from rnnlab.lm.trainer import _saved_plan
+@numba
+def test_eval_scores_by_the_plan_the_run_trained_with(tmp_path, capsys):
+    """`rnnlab eval` runs the checkpoint's plan (here a team of 2, where the rule for --threads 2
+    would split the rows), so the run's test split scores exactly the test loss training printed."""
+    import json
 
-    assert _saved_plan({"shards": 3}) == Plan("split", 3)
-    assert _saved_plan({"shards": 1}).kind == "blas" and _saved_plan({}).kind == "blas"
-    assert _saved_plan({"plan": {"kind": "packed", "threads": 2}, "shards": 1}) == Plan("packed", 2)
+    from rnnlab.cli import main
+
+    text = tmp_path / "t.txt"
+    content = "the quick brown fox jumps over the lazy dog. " * 60
+    text.write_text(content, encoding="utf-8")
+    run = tmp_path / "run"
+    _train(main, text, run, "--threads", "2", "--plan", "packed", "--max-steps", "4", "--test-frac", "0.2")
+    n_test = json.loads((run / "config.json").read_text(encoding="utf-8"))["data"]["split_chars"][2]
+    tail = tmp_path / "tail.txt"
+    tail.write_text(content[-n_test:], encoding="utf-8")
+    test_loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test_loss"]
+    capsys.readouterr()
+    assert main(["eval", str(run), str(tail), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss_nats"] == test_loss
+
+
+def test_checkpoints_from_before_plans_resume_with_their_shard_count():
+    from rnnlab.lm.trainer import saved_plan_of
+
+    assert saved_plan_of({"shards": 3}) == Plan("split", 3)
+    assert saved_plan_of({"shards": 1}).kind == "blas" and saved_plan_of({}).kind == "blas"
+    assert saved_plan_of({"plan": {"kind": "packed", "threads": 2}, "shards": 1}) == Plan("packed", 2)
 
 
 def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):

@@ -64,9 +64,11 @@ def _training_lines(cfg, data, vocab):
 def cmd_eval(args) -> int:
     from ..data import encode_lines, read_lines, read_text
     from ..lm.evaluate import evaluate
-    from ..lm.shards import BatchShards, plan_shards
+    from ..lm.plan import Plan
+    from ..lm.shards import blas_limit, plan_shards, usable_cores
+    from ..lm.trainer import saved_plan_of
 
-    run, cfg, data, vocab, model, _ = _load_run(args.run_dir, args.checkpoint)
+    run, cfg, data, vocab, model, meta = _load_run(args.run_dir, args.checkpoint)
     text = read_text(args.text)
     if cfg.lines:
         items, unknown = encode_lines(vocab, read_lines(text), unknown="count", what=args.text)
@@ -78,8 +80,13 @@ def cmd_eval(args) -> int:
         if len(ids) < 2:
             raise RnnlabError(f"{args.text} has fewer than 2 known characters: nothing to evaluate")
         inputs, mode = ids, "stream"
-    # each batch's rows over threads, planned from the run's --threads as training plans them
-    with BatchShards(model, plan_shards(model, cfg.batch, cfg.threads)) as shards:
+    # the parallel plan the run trained (and scored its test split) with, so the same text gives
+    # the same bits; one for more cores than this machine has falls back to the run's --threads
+    plan = saved_plan_of(meta)
+    if plan.threads > usable_cores():
+        n = plan_shards(model, cfg.batch, cfg.threads)
+        plan = Plan("split", n) if n > 1 else Plan("blas", usable_cores())
+    with blas_limit(plan.blas_threads), plan.batch_shards(model) as shards:
         res = evaluate(model, inputs, mode, cfg.batch, cfg.seq_len, shards=shards)
     res["unknown_chars"] = int(unknown)
     if args.json:

@@ -267,7 +267,7 @@ class Trainer:
             self.schedule.load_state_dict(meta["schedule"])
             self.batcher.load_state(meta["batcher"])
             self.rng.bit_generator.state = meta["rng"]
-            saved_plan = _saved_plan(meta)
+            saved_plan = saved_plan_of(meta)
             if keep_plan:
                 self.plan = saved_plan
             n = int(meta["carry"])
@@ -474,7 +474,7 @@ class Trainer:
             self.log(f"note: could not draw {self.run.loss_plot}: {exc}")
 
 
-def _saved_plan(meta: dict) -> Plan:
+def saved_plan_of(meta: dict) -> Plan:
     """The plan a checkpoint trained with; checkpoints from before plans name only their shard
     count (one shard: ``blas``; more: ``split``)."""
     if meta.get("plan") is not None:
