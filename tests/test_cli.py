@@ -292,6 +292,38 @@ def test_eval_numbers_and_json(runs, texts, capsys):
     assert rc == 0 and json.loads(out)["loss_nats"] == pytest.approx(test_loss, rel=1e-6)
 
 
+def test_split_spread_by_default_tail_on_request_and_for_old_runs(tmp_path, capsys):
+    """A long text's validation and test pieces are spread through it (the run's tail pieces are
+    not its last characters); --split tail keeps the tails; a config written before --split
+    loads as tail, so old runs re-split as they trained; a wrong value is a one-line error."""
+    from rnnlab.lm.config import TrainConfig
+
+    text = tmp_path / "long.txt"
+    content = english_text(20000, seed=3)
+    assert len(content) > 80_000  # two pieces or more
+    text.write_text(content, encoding="utf-8")
+    tails = {}
+    for split in ("spread", "tail"):
+        run = tmp_path / split
+        rc, out, _ = cli(capsys, "train", text, "--out", run, *TINY, "--max-steps", "2", "--split", split)
+        assert rc == 0, out
+        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        assert saved["train"]["split"] == split
+        n_test = saved["data"]["split_chars"][2]
+        (tmp_path / f"{split}-tail.txt").write_text(content[-n_test:], encoding="utf-8")
+        test_loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["test_loss"]
+        rc, out, _ = cli(capsys, "eval", run, tmp_path / f"{split}-tail.txt", "--json")
+        tails[split] = json.loads(out)["loss_nats"] == test_loss  # the test split is the file's tail
+        rc, out, _ = cli(capsys, "train", text, "--out", run, "--resume", "--max-steps", "3")  # re-splits alike
+        assert rc == 0, out
+    assert tails == {"spread": False, "tail": True}
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "split"}
+    assert TrainConfig.from_dict(old).split == "tail" and TrainConfig().split == "spread"
+    rc, out, err = cli(capsys, "train", text, "--out", tmp_path / "bad", "--split", "middle")
+    assert rc == 2 and err.startswith("rnnlab: ") and len(err.strip().splitlines()) == 1, err
+    assert all(w in err for w in ("split", "spread", "tail")) and not (tmp_path / "bad").exists()
+
+
 def test_eval_counts_unknown_characters(runs, texts, tmp_path, capsys):
     odd = tmp_path / "odd.txt"
     content = "the cat Ωsat on 猫the mat.Ω\n猫🙂\n"

@@ -33,7 +33,8 @@ def cmd_sweep(args) -> int:
     if base.threads == 0:  # the trials share the cores (on Ray each trial holds one CPU)
         base.threads = max(1, default_workers() // max(1, workers)) if args.backend == "local" else 1
     text, source = load_text(args.text)
-    build_corpus(text, source, lines=base.lines, val_frac=base.val_frac, test_frac=base.test_frac, seed=base.seed)
+    build_corpus(text, source, lines=base.lines, val_frac=base.val_frac, test_frac=base.test_frac,
+                 split=base.split, seed=base.seed)
     points = grid_points(grid, args.random, base.seed)
     text_path = str(Path(args.text).resolve())
     trials = make_trials(text_path, base, points, args.seeds)  # every point's options checked here

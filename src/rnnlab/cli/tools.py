@@ -47,6 +47,7 @@ def cmd_compare(args) -> int:
                        seq_len=args.seq_len, lr=args.lr).validate()
     text, source = load_text(args.text)
     corpus = build_corpus(text, source, lines=base.lines, val_frac=base.val_frac, test_frac=base.test_frac,
+                          split=base.split,
                           seed=base.seed)
     rows = compare(corpus, models, args.budget, Path(args.out), base, progress=False)
     print()

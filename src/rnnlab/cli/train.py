@@ -39,6 +39,9 @@ TRAIN_OPTIONS = [
     ("--eval-every", "eval_every", _num(int, 1), "steps between validation and checkpoints (default 250)"),
     ("--val-frac", "val_frac", _num(float, 0.0, 0.99), "validation fraction (default 0.05)"),
     ("--test-frac", "test_frac", _num(float, 0.0, 0.99), "test fraction (default 0.05)"),
+    ("--split", "split", str, "where the validation and test characters come from: spread (pieces spread through "
+                              "the text, so training covers all of it) | tail (the text's last characters) "
+                              "(default spread; short texts keep tails)"),
     ("--seed", "seed", _num(int, 0), "random seed (default 1337)"),
     ("--dtype", "dtype", str, "float32 | float64 (default float32)"),
     ("--device", "device", str, "cpu | cuda (default cpu)"),
@@ -137,6 +140,7 @@ def cmd_train(args) -> int:
         # Everything that can fail on the data or the options (too short a text, a split too small
         # for --batch/--seq-len) fails here, before the run directory is created or touched.
         corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                              split=cfg.split,
                               seed=cfg.seed)
         del text
         auto_line = apply_auto(cfg, set(_given_options(args)), corpus)
@@ -152,6 +156,7 @@ def cmd_train(args) -> int:
                 raise RnnlabError(f"{source} is not the text this run was trained on ({data.get('source')}); "
                                   "resume with the same file or start a new run")
             corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                                  split=cfg.split,
                                   seed=cfg.seed, vocab=vocab)
             del text
             trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
@@ -237,7 +242,8 @@ def cmd_demo(args) -> int:
                       extra={"demo": True}).validate()
     print(f"rnnlab demo: training a {cfg.layers}-layer LSTM ({cfg.hidden} units) for {args.seconds:.0f} s on "
           f"{source}", flush=True)
-    corpus = build_corpus(text, source, lines=False, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
+    corpus = build_corpus(text, source, lines=False, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                          split=cfg.split, seed=cfg.seed)
     _clear_old_demo(args.out)
     with RunDir.create(args.out, force=True) as run:
         write_run_files(run, cfg, corpus)

@@ -22,7 +22,7 @@ from .batching import (
     stream_eval_batches,
 )
 from .builtin import BUILTIN_MODULES, builtin_corpus
-from .text import Split, read_lines, read_text, split_lines, split_stream
+from .text import SPLITS, Split, read_lines, read_text, split_lines, split_stream, spread_pieces
 from .vocab import BOUNDARY_NAME, Vocab
 
 __all__ = [
@@ -43,5 +43,7 @@ __all__ = [
     "read_text",
     "split_lines",
     "split_stream",
+    "spread_pieces",
+    "SPLITS",
     "stream_eval_batches",
 ]

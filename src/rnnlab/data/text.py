@@ -3,8 +3,9 @@
 Two corpus shapes feed the char-LM:
 
 - **stream mode** — the file is one long character stream (Shakespeare, source code). It is
-  encoded once into a compact integer array and cut *contiguously*: the head is the training
-  split, then the validation and test splits are tails of the file (:func:`split_stream`).
+  encoded once into a compact integer array and cut into contiguous pieces (:func:`split_stream`):
+  the validation and test splits are either the file's tails or, for ``rnnlab train``, pieces
+  spread through the whole file, so that training covers all of it.
 - **lines mode** — every non-empty line is an independent item (names, words), makemore-style
   (:func:`read_lines`, :func:`split_lines`): the held-out lines are drawn at random with an
   explicit ``np.random.Generator``.
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..errors import RnnlabError
 
-__all__ = ["read_text", "read_lines", "split_stream", "split_lines", "Split"]
+__all__ = ["read_text", "read_lines", "split_stream", "split_lines", "spread_pieces", "Split", "SPLITS"]
 
 _BOM = b"\xef\xbb\xbf"
 _SNIFF_BYTES = 1 << 16          # bytes inspected by the "is this binary?" heuristics
@@ -245,22 +246,54 @@ def _split_sizes(n: int, val_frac: float, test_frac: float, unit: str, minimum: 
     return n_train, n_val, n_test
 
 
-def split_stream(ids: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.05) -> Split:
-    """Cut an encoded stream into contiguous parts: train is the head, then val, then test.
+SPLITS = ("spread", "tail")
+"""How :func:`split_stream` places the validation and test characters (``--split``)."""
+
+PIECE_CHARS = 2000
+"""The least characters one piece of a spread validation or test split holds."""
+
+MAX_PIECES = 20
+"""A spread split cuts the text into at most this many pieces."""
+
+
+def spread_pieces(n: int, val_frac: float, test_frac: float) -> int:
+    """Pieces a spread split of ``n`` characters uses: as many as keep each piece of the smaller
+    requested split at :data:`PIECE_CHARS` or more, at most :data:`MAX_PIECES`, at least 1 (a
+    short text keeps its contiguous tails)."""
+    fracs = [f for f in (val_frac, test_frac) if f > 0]
+    if not fracs:
+        return 1
+    return max(1, min(MAX_PIECES, int(n * min(fracs)) // PIECE_CHARS))
+
+
+def split_stream(ids: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.05, split: str = "tail") -> Split:
+    """Cut an encoded stream into train, validation and test parts.
+
+    ``split="tail"``: contiguous parts, train is the head, then val, then test. ``split="spread"``:
+    the text is cut into ``K`` equal pieces (:func:`spread_pieces`, 1 for a short text), each
+    piece is ``[train | val | test]`` in the same proportions, and each part is its pieces joined
+    in order. The training split then covers the whole text (the end of a file is often a
+    different book or play than its head; a tail split never trains on it), and validation and
+    test sample the whole text instead of its last pages::
+
+        tail:    [ train .......................... | val | test ]
+        spread:  [ train | v | t ][ train | v | t ] ... (K pieces)
 
     Parameters
     ----------
     ids : ndarray, shape (N,)
         Character ids of the whole text.
     val_frac, test_frac : float
-        Fractions of ``N`` for the validation and test tails (``round(N * frac)`` characters
-        each); ``0`` disables a split (its part is empty).
+        Fractions of ``N`` for the validation and test parts (``round(N * frac)`` characters
+        each, either layout); ``0`` disables a split (its part is empty).
+    split : "tail" | "spread"
 
     Returns
     -------
     Split
-        ``(train, val, test)``: views of ``ids`` of lengths ``N - n_val - n_test``, ``n_val``,
-        ``n_test`` (``Split.sizes`` / ``Split.describe()`` give the counts for the CLI).
+        ``(train, val, test)`` of lengths ``N - n_val - n_test``, ``n_val``, ``n_test`` (views of
+        ``ids`` for ``tail`` or one piece; copies otherwise. ``Split.sizes`` / ``Split.describe()``
+        give the counts for the CLI).
 
     Raises
     ------
@@ -271,9 +304,24 @@ def split_stream(ids: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.0
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     n = ids.size
     n_train, n_val, _ = _split_sizes(n, val_frac, test_frac, "character", _MIN_SPLIT_CHARS)
-    return Split(ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:])
+    k = spread_pieces(n, val_frac, test_frac) if split == "spread" else 1
+    if k == 1:
+        return Split(ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:])
+    bounds = [n * i // k for i in range(k + 1)]  # piece i is ids[bounds[i]:bounds[i + 1]]
+    vals = [n_val * (i + 1) // k - n_val * i // k for i in range(k)]  # characters of val per piece
+    tests = [(n - n_train - n_val) * (i + 1) // k - (n - n_train - n_val) * i // k for i in range(k)]
+    parts = ([], [], [])
+    for i in range(k):
+        a, b = bounds[i], bounds[i + 1]
+        cut_v = b - vals[i] - tests[i]  # [a, cut_v) train, [cut_v, cut_t) val, [cut_t, b) test
+        cut_t = b - tests[i]
+        for part, (lo, hi) in zip(parts, ((a, cut_v), (cut_v, cut_t), (cut_t, b))):
+            part.append(ids[lo:hi])
+    return Split(*(np.concatenate(p) for p in parts))
 
 
 def split_lines(

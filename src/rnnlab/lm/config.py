@@ -9,6 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from ..data import SPLITS
 from ..errors import RnnlabError
 from ..models import MODEL_KINDS
 from ..optim import OPTIMIZERS, SCHEDULES
@@ -50,6 +51,7 @@ class TrainConfig:
     eval_every: int = 250          # steps between validation passes and checkpoints
     val_frac: float = 0.05
     test_frac: float = 0.05
+    split: str = "spread"          # stream mode: val/test pieces spread through the text, or its tails
     seed: int = 1337
     lines: bool = False            # each non-empty line is one item (names, words, sentences)
     dtype: str = "float32"
@@ -69,7 +71,7 @@ class TrainConfig:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise RnnlabError(f"{source}: unknown option(s) {', '.join(unknown)}; was it written by a newer rnnlab?")
-        kw = {}
+        kw = {"split": "tail"}  # written before --split: the tails it split
         for k, v in d.items():
             want = type(getattr(cls(), k))
             if want is float and isinstance(v, int) and not isinstance(v, bool):
@@ -109,6 +111,7 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         need(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
         need(self.dtype in ("float32", "float64"), "dtype", "must be float32 or float64")
+        need(self.split in SPLITS, "split", f"must be one of {', '.join(SPLITS)}")
         need(self.device in ("cpu", "cuda"), "device", "must be cpu or cuda")
         need(0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
         need(0 <= self.threads <= 1024, "threads", "must be an integer in [0, 1024] (0 = automatic)")

@@ -55,12 +55,13 @@ def rebuild_corpus(cfg, data: dict, vocab: Vocab) -> Corpus | None:
     if text_digest(text) != data.get("sha256"):
         return None
     return build_corpus(text, src, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed,
-                        vocab=vocab)
+                        vocab=vocab, split=cfg.split)
 
 
 def build_corpus(text: str, source: str, *, lines: bool, val_frac: float, test_frac: float, seed: int,
-                 vocab: Vocab | None = None) -> Corpus:
-    """Encode and split ``text``. With ``vocab`` (a resumed run) the text must fit it."""
+                 vocab: Vocab | None = None, split: str = "tail") -> Corpus:
+    """Encode and split ``text`` (stream mode: ``split`` is the layout of :func:`split_stream`).
+    With ``vocab`` (a resumed run) the text must fit it."""
     digest = text_digest(text)
     if lines:
         items = read_lines(text)
@@ -73,4 +74,4 @@ def build_corpus(text: str, source: str, *, lines: bool, val_frac: float, test_f
         return Corpus("lines", vocab, Split(*enc), source, digest, train_lines=tr)
     vocab = vocab or Vocab.from_text(text)
     ids = vocab.encode(text, what=source)
-    return Corpus("stream", vocab, split_stream(ids, val_frac, test_frac), source, digest)
+    return Corpus("stream", vocab, split_stream(ids, val_frac, test_frac, split), source, digest)

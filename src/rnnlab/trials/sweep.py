@@ -166,9 +166,11 @@ def train_trial(params: dict, ctx) -> dict:
             if text_digest(text) != data.get("sha256"):
                 raise RnnlabError(f"{source} changed since this trial started; restore it or start the sweep over")
             corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                                  split=cfg.split,
                                   seed=cfg.seed, vocab=vocab)
         else:
             corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                                  split=cfg.split,
                                   seed=cfg.seed)
             write_run_files(run, cfg, corpus)
         del text
