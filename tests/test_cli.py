@@ -305,8 +305,10 @@ def test_split_spread_by_default_tail_on_request_and_for_old_runs(tmp_path, caps
     tails = {}
     for split in ("spread", "tail"):
         run = tmp_path / split
-        rc, out, _ = cli(capsys, "train", text, "--out", run, *TINY, "--max-steps", "2", "--split", split)
+        opts = [o for o in TINY if o != "--quiet"]  # the data line says where validation and test come from
+        rc, out, _ = cli(capsys, "train", text, "--out", run, *opts, "--max-steps", "2", "--split", split)
         assert rc == 0, out
+        assert ("validation and test in 2 pieces spread through the text" in out) == (split == "spread"), out
         saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
         assert saved["train"]["split"] == split
         n_test = saved["data"]["split_chars"][2]
