@@ -81,9 +81,10 @@ def cmd_eval(args) -> int:
             raise RnnlabError(f"{args.text} has fewer than 2 known characters: nothing to evaluate")
         inputs, mode = ids, "stream"
     # the parallel plan the run trained (and scored its test split) with, so the same text gives
-    # the same bits; one for more cores than this machine has falls back to the run's --threads
-    plan = saved_plan_of(meta)
-    if plan.threads > usable_cores():
+    # the same bits; a checkpoint that names none (a best checkpoint from before) or one for more
+    # cores than this machine has falls back to the shard rule for the run's --threads
+    plan = saved_plan_of(meta) if meta.get("plan") is not None else None
+    if plan is None or plan.threads > usable_cores():
         n = plan_shards(model, cfg.batch, cfg.threads)
         plan = Plan("split", n) if n > 1 else Plan("blas", usable_cores())
     with blas_limit(plan.blas_threads), plan.batch_shards(model) as shards:

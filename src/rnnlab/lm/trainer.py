@@ -243,7 +243,7 @@ class Trainer:
             tensors = model_tensors(self.model)
             meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": self.step,
                     "val_loss": self.best_val if math.isfinite(self.best_val) else None,
-                    "model": self.model.config()}
+                    "model": self.model.config(), "plan": meta.get("plan")}  # the plan: for `rnnlab eval`
         save_checkpoint(self.run.checkpoint_path(which), tensors, meta)
 
     def restore(self, keep_plan: bool = True) -> Plan:
