@@ -120,7 +120,6 @@ def _resuming(args) -> bool:
 def cmd_train(args) -> int:
     from .. import backend
     from ..lm.auto import apply_auto
-    from ..data import spread_pieces
     from ..lm.corpus import build_corpus, load_text
     from ..lm.rundir import RunDir
     from ..lm.trainer import Trainer, read_run, write_run_files
@@ -165,11 +164,8 @@ def cmd_train(args) -> int:
         else:
             trainer.run = run  # the locked run directory
             write_run_files(run, cfg, corpus)
-        pieces = 1 if cfg.lines or cfg.split != "spread" else \
-            spread_pieces(sum(corpus.split.char_counts), cfg.val_frac, cfg.test_frac)
-        where = f", validation and test in {pieces} pieces spread through the text" if pieces > 1 else ""
         _say(args, f"data: {source} ({'lines' if cfg.lines else 'stream'} mode, vocabulary {corpus.vocab.size}): "
-                   f"{corpus.describe()}{where}")
+                   f"{corpus.describe()}")
         if auto_line:
             _say(args, auto_line)
         _say(args, f"model: {cfg.model}, {trainer.model.num_params():,} parameters, {cfg.dtype} on {cfg.device}; "

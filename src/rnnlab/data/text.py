@@ -266,13 +266,13 @@ def spread_pieces(n: int, val_frac: float, test_frac: float) -> int:
     return max(1, min(MAX_PIECES, int(n * min(fracs)) // PIECE_CHARS))
 
 
-def split_stream(ids: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.05, split: str = "tail") -> Split:
+def split_stream(ids: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.05, pieces: int = 1) -> Split:
     """Cut an encoded stream into train, validation and test parts.
 
-    ``split="tail"``: contiguous parts, train is the head, then val, then test. ``split="spread"``:
-    the text is cut into ``K`` equal pieces (:func:`spread_pieces`, 1 for a short text), each
-    piece is ``[train | val | test]`` in the same proportions, and each part is its pieces joined
-    in order. The training split then covers the whole text (the end of a file is often a
+    ``pieces=1`` (the tail layout): contiguous parts, train is the head, then val, then test.
+    ``pieces=K`` (the spread layout; :func:`spread_pieces` says how many a text gets): the text is
+    cut into ``K`` equal pieces, each piece is ``[train | val | test]`` in the same proportions,
+    and each part is its pieces joined in order. The training split then covers the whole text (the end of a file is often a
     different book or play than its head; a tail split never trains on it), and validation and
     test sample the whole text instead of its last pages::
 
@@ -286,13 +286,14 @@ def split_stream(ids: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.0
     val_frac, test_frac : float
         Fractions of ``N`` for the validation and test parts (``round(N * frac)`` characters
         each, either layout); ``0`` disables a split (its part is empty).
-    split : "tail" | "spread"
+    pieces : int
+        ``K >= 1``.
 
     Returns
     -------
     Split
         ``(train, val, test)`` of lengths ``N - n_val - n_test``, ``n_val``, ``n_test`` (views of
-        ``ids`` for ``tail`` or one piece; copies otherwise. ``Split.sizes`` / ``Split.describe()``
+        ``ids`` for one piece; copies otherwise. ``Split.sizes`` / ``Split.describe()``
         give the counts for the CLI).
 
     Raises
@@ -304,11 +305,11 @@ def split_stream(ids: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.0
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if pieces < 1:
+        raise ValueError(f"pieces must be >= 1, got {pieces}")
     n = ids.size
     n_train, n_val, _ = _split_sizes(n, val_frac, test_frac, "character", _MIN_SPLIT_CHARS)
-    k = spread_pieces(n, val_frac, test_frac) if split == "spread" else 1
+    k = pieces
     if k == 1:
         return Split(ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:])
     bounds = [n * i // k for i in range(k + 1)]  # piece i is ids[bounds[i]:bounds[i + 1]]

@@ -27,6 +27,11 @@ def _divisor_near(n: int, k: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
 
 
+BEFORE_THE_OPTION = {"split": "tail"}
+"""What an option meant in a config written before the option existed, where that differs from
+its default for a new run (a run from before ``--split`` trained on the text's tails)."""
+
+
 @dataclass
 class TrainConfig:
     model: str = "lstm"            # rnn | lstm | gru | mingru | minlstm | mlp | cnn | bigram | bow | transformer
@@ -71,7 +76,7 @@ class TrainConfig:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise RnnlabError(f"{source}: unknown option(s) {', '.join(unknown)}; was it written by a newer rnnlab?")
-        kw = {"split": "tail"}  # written before --split: the tails it split
+        kw = dict(BEFORE_THE_OPTION)
         for k, v in d.items():
             want = type(getattr(cls(), k))
             if want is float and isinstance(v, int) and not isinstance(v, bool):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import Ragged, Split, Vocab, builtin_corpus, encode_lines, read_lines, read_text, split_lines, split_stream
+from ..data import (Ragged, Split, Vocab, builtin_corpus, encode_lines, read_lines, read_text, split_lines, split_stream,
+                    spread_pieces)
 from ..errors import RnnlabError
 
 
@@ -24,9 +25,11 @@ class Corpus:
     source: str            # the path, or a description of the built-in corpus
     sha256: str            # of the text, to notice a changed file on --resume
     train_lines: list | None = None  # lines mode: the training items as text (to mark samples)
+    pieces: int = 1        # stream mode: pieces of the text that validation and test are spread over
 
     def describe(self) -> str:
-        return self.split.describe()
+        where = f", validation and test in {self.pieces} pieces spread through the text" if self.pieces > 1 else ""
+        return self.split.describe() + where
 
 
 def text_digest(text: str) -> str:
@@ -60,7 +63,8 @@ def rebuild_corpus(cfg, data: dict, vocab: Vocab) -> Corpus | None:
 
 def build_corpus(text: str, source: str, *, lines: bool, val_frac: float, test_frac: float, seed: int,
                  vocab: Vocab | None = None, split: str = "tail") -> Corpus:
-    """Encode and split ``text`` (stream mode: ``split`` is the layout of :func:`split_stream`).
+    """Encode and split ``text`` (stream mode: ``split`` is ``"spread"``, validation and test in
+    :func:`spread_pieces` pieces, or ``"tail"``, one piece).
     With ``vocab`` (a resumed run) the text must fit it."""
     digest = text_digest(text)
     if lines:
@@ -74,4 +78,5 @@ def build_corpus(text: str, source: str, *, lines: bool, val_frac: float, test_f
         return Corpus("lines", vocab, Split(*enc), source, digest, train_lines=tr)
     vocab = vocab or Vocab.from_text(text)
     ids = vocab.encode(text, what=source)
-    return Corpus("stream", vocab, split_stream(ids, val_frac, test_frac, split), source, digest)
+    pieces = spread_pieces(len(ids), val_frac, test_frac) if split == "spread" else 1
+    return Corpus("stream", vocab, split_stream(ids, val_frac, test_frac, pieces), source, digest, pieces=pieces)
