@@ -78,8 +78,8 @@ def test_each_element_has_the_same_bits_whatever_the_panels_and_rows():
 
 @pytest.mark.parametrize("transposed", [False, True])
 def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
-    """``packed.matmul``: ``out (+)= a @ b`` for a row-major or transposed ``a`` (packed into row
-    blocks first) and ``b`` given either way; a team of 2 or 3 gives the bits of one thread."""
+    """``packed.matmul``: ``out (+)= a @ b`` for a row-major or transposed ``a`` and ``b`` given
+    either way; a team of 2 or 3 gives the bits of one thread."""
     rng = np.random.default_rng(5)
     M, K, N = 77, 600, 70  # K over one k-block (packed.KC), rows and columns over whole tiles
     a = rng.standard_normal((K, M)).astype(np.float32).T if transposed else \
@@ -95,6 +95,31 @@ def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
         np.testing.assert_array_equal(packed.matmul(a, b, base.copy(), add=True, team=size), added)
     with pytest.raises(ValueError, match="packed.matmul"):
         packed.matmul(a, b[:-1], np.empty((M, N), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_b_read_in_place_gives_the_bits_of_b_packed(dtype, monkeypatch):
+    """A C-ordered ``b`` whose columns fill whole vectors is read where it is, with no packed
+    copy (the weight gradients' ``h`` has ``T B`` rows); every element gets the bits it gets when
+    the same ``b`` is packed first."""
+    rng = np.random.default_rng(7)
+    M, K, N = 29, 600, 3 * packed.lanes(dtype)  # two k-blocks; the last panel narrower than NR
+    a = rng.standard_normal((K, M)).astype(dtype).T  # strided along k, like dA^T
+    b = rng.standard_normal((K, N)).astype(dtype)
+    strided = np.empty((K, N + 1), dtype)[:, :N]  # the same values, not C-ordered: packed first
+    strided[:] = b
+    base = rng.standard_normal((M, N)).astype(dtype)
+    packs = []
+    real_pack = packed.pack
+    monkeypatch.setattr(packed, "pack", lambda *args: packs.append(args[0].shape) or real_pack(*args))
+    for add in (False, True):
+        direct = packed.matmul(a, b, base.copy(), add)
+        assert packs == []
+        copied = packed.matmul(a, strided, base.copy(), add)
+        assert packs.pop() == (K, N)
+        np.testing.assert_array_equal(direct, copied)
+        want = (base if add else 0) + a.astype(np.float64) @ b.astype(np.float64)
+        np.testing.assert_allclose(direct, want, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
 
 
 def test_the_layers_products_follow_the_loop_settings(monkeypatch):

@@ -34,7 +34,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils, config
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import spin, workspace
 from . import team as team_mod
@@ -96,14 +96,14 @@ def panel_width(dtype) -> int:
 def _tile(typingctx, a, panel, c, m, nv, add):
     """``c[:m, :nv] (+)= a[:m] @ panel[:, :nv]`` for ``1 <= m <= MR``, ``1 <= nv <= NR``: ``a``
     and ``c`` are 2-D views starting at the tile's first row (and column; ``a`` may have any
-    strides, ``c`` unit column stride), ``panel (K, NR)`` C-ordered; ``add`` adds the product to
-    ``c`` (one addition after the whole sum) instead of storing it. Only the vectors that hold
-    some of the ``nv`` columns are computed."""
+    strides, ``c`` unit column stride), ``panel (K, >= nv)`` with unit column stride and any row
+    stride (a packed panel, or a block of ``B`` itself); ``add`` adds the product to ``c`` (one
+    addition after the whole sum) instead of storing it. Only the vectors that hold some of the
+    ``nv`` columns are computed, and they are read whole: a row of ``panel`` must have
+    ``ceil(nv / VW) * VW`` readable elements (a zero-padded panel, or ``nv`` a multiple of ``VW``)."""
     if not all(isinstance(x, types.Array) and x.ndim == 2 for x in (a, panel, c)):
         return None
     if not a.dtype == panel.dtype == c.dtype or a.dtype not in (types.float32, types.float64):
-        return None
-    if panel.layout != "C":
         return None
     NV, MR = TILE
     VW = VECTOR_BYTES // (a.dtype.bitwidth // 8)
@@ -122,6 +122,7 @@ def _tile(typingctx, a, panel, c, m, nv, add):
         nvv = context.cast(builder, args[4], signature.args[4], types.int64)
         addv = context.cast(builder, args[5], signature.args[5], types.boolean)
         K = cgutils.unpack_tuple(builder, P.shape, 2)[0]
+        ldp = builder.sdiv(cgutils.unpack_tuple(builder, P.strides, 2)[0], i64(size))
         sa = [builder.sdiv(x, i64(size)) for x in cgutils.unpack_tuple(builder, A.strides, 2)]
         ldc = builder.sdiv(cgutils.unpack_tuple(builder, C.strides, 2)[0], i64(size))
         fn, mod = builder.function, builder.module
@@ -158,7 +159,7 @@ def _tile(typingctx, a, panel, c, m, nv, add):
                 for row in acc:
                     for x in row:
                         x.add_incoming(zero, head)
-                base = builder.mul(k, i64(NR))
+                base = builder.mul(k, ldp)
                 bv = [builder.load(builder.bitcast(builder.gep(P.data, [builder.add(base, i64(v * VW))]),
                                                    vt.as_pointer()), align=size) for v in range(nn)]
                 kcol = builder.mul(k, sa[1])
@@ -203,16 +204,31 @@ a tile's rows of ``a`` in L1); each block's sum is added to ``c`` after the prev
 same way for every element."""
 
 
+def _panel(P, p, col, w, k0, k1):
+    """Rows ``k0:k1`` of panel ``p``: of the packed panels ``P (panels, K, NR)``, or, for a 2-D
+    ``P``, of ``B`` itself (``P = B (K, N)``, unit column stride, every panel's width ``w`` a
+    multiple of ``VW``): ``B[k0:k1, col : col + w]``."""
+
+
+@overload(_panel)
+def _panel_impl(P, p, col, w, k0, k1):
+    if P.ndim == 3:
+        return lambda P, p, col, w, k0, k1: P[p, k0:k1]
+    return lambda P, p, col, w, k0, k1: P[k0:k1, col : col + w]
+
+
 @njit(**_OPTS)
 def gemm(a, P, pcol, pw, c, p0, p1, add=False):
-    """``c[:, pcol[p] : pcol[p] + pw[p]] (+)= a @ panel p`` for the panels ``p0 <= p < p1``."""
-    M, K = a.shape[0], P.shape[1]
+    """``c[:, pcol[p] : pcol[p] + pw[p]] (+)= a @ panel p`` for the panels ``p0 <= p < p1``
+    (``P``: packed panels, or ``B`` itself, see :func:`_panel`; the same bits either way)."""
+    M, K = a.shape[0], P.shape[-2]
     MR = TILE[1]
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         ak = a[:, k0:k1]
         for p in range(p0, p1):
-            col, w, panel = pcol[p], pw[p], P[p, k0:k1]
+            col, w = pcol[p], pw[p]
+            panel = _panel(P, p, col, w, k0, k1)
             for r in range(0, M, MR):
                 _tile(ak[r:], panel, c[r:, col:], min(MR, M - r), w, add or k0 > 0)
 
@@ -260,7 +276,7 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
 @njit(**_OPTS)
 def _rows(a, P, pcol, pw, c, r0, r1, add):
     """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel."""
-    gemm(a[r0:r1], P, pcol, pw, c[r0:r1], 0, P.shape[0], add)
+    gemm(a[r0:r1], P, pcol, pw, c[r0:r1], 0, pcol.shape[0], add)
 
 
 @functools.lru_cache(maxsize=256)
@@ -272,18 +288,23 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
     """``out = a @ b`` (``add``: ``out += a @ b``; each block of :data:`KC` ``k`` is summed, then
     added to ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
     strides, ``b (K, N)`` C-ordered or the transpose of a C-ordered array, ``out (M, N)`` with
-    unit column stride; one float dtype. Each element gets the same bits whatever ``team``."""
+    unit column stride; one float dtype. Each element gets the same bits whatever ``team``. A
+    C-ordered ``b`` whose columns fill whole vectors is read in place; any other is packed first
+    (the same bits either way)."""
     M, K = a.shape
     N = b.shape[1]
     if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
     nr = panel_width(a.dtype)
     pcol, pw = _whole(N, nr)
-    P = workspace.empty((len(pcol), K, nr), a.dtype)
-    if b.T.flags.c_contiguous and not b.flags.c_contiguous:
-        pack(b.T, True, pcol, pw, P, 0, len(pcol))
+    if b.flags.c_contiguous and N % lanes(a.dtype) == 0:
+        P = b  # the tiles read B's rows where they are: no copy (B has many rows here)
     else:
-        pack(np.ascontiguousarray(b), False, pcol, pw, P, 0, len(pcol))
+        P = workspace.empty((len(pcol), K, nr), a.dtype)
+        if b.T.flags.c_contiguous and not b.flags.c_contiguous:
+            pack(b.T, True, pcol, pw, P, 0, len(pcol))
+        else:
+            pack(np.ascontiguousarray(b), False, pcol, pw, P, 0, len(pcol))
     MR = TILE[1]
     blocks = -(-M // MR)
     n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
