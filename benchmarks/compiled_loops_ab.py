@@ -14,7 +14,7 @@ import argparse
 import statistics
 
 from rnnlab import bench
-from rnnlab.lm import shards
+from rnnlab.lm.plan import Plan
 from rnnlab.nn import cells
 
 CONFIGS = {"A": (32, 64, 128, 64), "B": (64, 100, 256, 64), "C": (64, 100, 512, 64)}
@@ -30,28 +30,25 @@ def main() -> None:
     args = ap.parse_args()
     B, T, H, E = CONFIGS[args.config]
     with_loops = cells.sequence_loops
-    floor = shards._min_step_work
-    shards._min_step_work = lambda model: 0  # split wherever asked, to compare
-    variants = {}  # (loops on, threads, split) -> step
+    plans = (Plan("blas", 1), Plan("blas", 2), Plan("split", 2))  # the three columns below
+    variants = {}  # (loops on, plan) -> step
     for on in (True, False):
-        for threads, split in ((1, False), (2, False), (2, True)):
-            variants[on, threads, split] = bench.make_rnnlab_step(args.cell, args.layers, B, T, H, E,
-                                                                  cores=threads, split=split)
-    shards._min_step_work = floor
+        for plan in plans:
+            variants[on, plan] = bench.make_rnnlab_step(args.cell, args.layers, B, T, H, E, plan=plan)
     times = {k: [] for k in variants}
     for r in range(args.rounds + 1):  # round 0 warms up (compiles, fills the workspace pool)
-        for (on, threads, split), step in variants.items():
+        for (on, plan), step in variants.items():
             cells.sequence_loops = with_loops if on else (lambda xp, dtype: None)
             # bench's block: a pause at 2 threads, one untimed step, then the timed ones
-            t = bench._block(step, 2 if r == 0 else args.steps, threads, 1 if split else threads)
+            t = bench._block(step, 2 if r == 0 else args.steps, plan.threads, plan.blas_threads)
             if r:
-                times[on, threads, split] += t
+                times[on, plan] += t
     cells.sequence_loops = with_loops
     print(f"{args.cell} L{args.layers} {args.config}: chars/s, median of {args.rounds} rounds x {args.steps} steps")
     print("| loops | 1 thread | 2 BLAS threads | 2 shards |")
     print("|---|---|---|---|")
     for on in (True, False):
-        row = [B * T / statistics.median(times[on, th, sp]) for th, sp in ((1, False), (2, False), (2, True))]
+        row = [B * T / statistics.median(times[on, plan]) for plan in plans]
         print(f"| {'on' if on else 'off'} | " + " | ".join(f"{v:,.0f}" for v in row) + " |")
 
 
