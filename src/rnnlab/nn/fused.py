@@ -18,9 +18,10 @@ Conventions shared with ``cells.py`` (the math is written out there):
 - ``tanh`` is a vectorisable rational approximation for float32 (|error| < 3e-7, the one Eigen
   and XLA use) and ``math.tanh`` for float64 (which the float64 gradient checks need exact);
 - rows are processed one at a time with one 1-D view per gate, which is what lets LLVM vectorise
-  the inner loop (it cannot prove that ``a[j]`` and ``a[H + j]`` do not overlap), and a forward
-  kernel's loop writes one array (LLVM checks the overlap of every written array with every other
-  array of a loop at run time and gives up, running the loop scalar, past a few such checks);
+  the inner loop (it cannot prove that ``a[j]`` and ``a[H + j]`` do not overlap), and in the LSTM
+  and GRU forward kernels and the LSTM backward kernel each loop writes one array (LLVM checks at
+  run time that no written array overlaps another array of the loop, and past a few such checks
+  it runs the loop scalar);
 - fast-math flags without ``nnan``/``ninf``: a NaN in the input stays a NaN in the output, so a
   diverging run is still caught by the trainer's finite-loss check;
 - the step kernels also go without ``reassoc``: each element's expression is then evaluated the
