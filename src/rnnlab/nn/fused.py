@@ -19,9 +19,8 @@ Conventions shared with ``cells.py`` (the math is written out there):
   and XLA use) and ``math.tanh`` for float64 (which the float64 gradient checks need exact);
 - rows are processed one at a time with one 1-D view per gate, which is what lets LLVM vectorise
   the inner loop (it cannot prove that ``a[j]`` and ``a[H + j]`` do not overlap), and in the LSTM
-  and GRU forward kernels and the LSTM backward kernel each loop writes one array (LLVM checks at
-  run time that no written array overlaps another array of the loop, and past a few such checks
-  it runs the loop scalar);
+  and GRU forward kernels and the LSTM backward kernel each loop writes one array (measured twice
+  as fast as one loop over all the arrays, see :func:`lstm_forward_units`);
 - fast-math flags without ``nnan``/``ninf``: a NaN in the input stays a NaN in the output, so a
   diverging run is still caught by the trainer's finite-loss check;
 - the step kernels also go without ``reassoc``: each element's expression is then evaluated the
@@ -163,12 +162,13 @@ def lstm_forward_units(a, hh, b, c_prev, c_out, tc_out, h_out, j0, j1):
     """:func:`lstm_forward` for the hidden units ``j0 <= j < j1`` only: gate columns
     ``g H + j`` of ``a``, ``hh`` and ``b``, columns ``j`` of the states.
 
-    One loop per gate and one per state array: each loop touches at most five arrays, so LLVM
-    vectorises it (with all eleven arrays in one loop it would need more run-time overlap
-    checks than it makes and runs the loop scalar: at ``B = 32, H = 128`` the one-loop form took
-    twice as long, a third of the time of the step's GEMM; ``benchmarks/step_kernels.py``). Each
-    element goes through the same operations in the same order as in the one-loop form, so the
-    results are the same bits."""
+    One loop per gate and one per state array, each touching at most five arrays. One loop over
+    all eleven arrays took twice as long (at ``B = 32, H = 128``, a third of the time of the
+    step's GEMM; ``benchmarks/step_kernels.py``): LLVM guards its vector form of such a loop by
+    run-time overlap checks of every written array against every other and keeps all four gates'
+    polynomials live at once; which of these cost the time was not established. Each element goes
+    through the same operations in the same order as in the one-loop form, so the results are
+    the same bits."""
     B, H = c_prev.shape
     n = j1 - j0
     for r in range(B):
