@@ -17,8 +17,8 @@ same process with the same thread count (OpenBLAS through threadpoolctl, as each
 :data:`WARM_S` (at least one: caches and worker threads warm again after the other side ran) and
 then :data:`BLOCK` timed steps back to back; with more than one thread a 0.15 s pause precedes
 each block, so that the other side's spinning idle workers (OpenBLAS spins ~0.1 s before
-sleeping) do not steal its cores. The time is
-the median of ``--steps`` timed steps after ``--warmup`` steps.
+sleeping) do not steal its cores. The time is the median of ``--steps`` timed steps after
+``--warmup`` steps.
 
 Processes. Every measurement runs in a child process with a cleaned environment: with every
 variable of :data:`FORCED_AVX2` unset (the "unset" table: each library picks its code for the
@@ -248,9 +248,8 @@ with this side's threads for the same cores."""
 def _block(step, k: int, threads: int, blas_threads: int | None = None) -> list[float]:
     """One block: (a pause at > 1 thread,) untimed steps for :data:`WARM_S` (at least one) that
     re-warm caches and wake the worker threads, then ``k`` timed steps back to back, as a trainer
-    runs them. ``blas_threads``
-    limits the BLAS for the block (the trainer holds one BLAS thread for a whole run when it
-    splits the batch over threads)."""
+    runs them. ``blas_threads`` limits the BLAS for the block (the trainer holds one BLAS thread
+    for a whole run when it splits the batch over threads)."""
     from .lm.shards import blas_limit
 
     if threads > 1:

@@ -13,7 +13,7 @@ from .train import TRAIN_OPTIONS, _add_train_options, _train_config
 
 def cmd_sweep(args) -> int:
     from ..lm.config import TrainConfig
-    from ..lm.corpus import build_corpus, load_text, text_digest
+    from ..lm.corpus import corpus_for, load_text, text_digest
     from ..trials import EarlyStop, check_backend, run_trials
     from ..trials.local import default_workers
     from ..trials.sweep import (check_resume, grid_points, make_trials, parse_grid, result_rows, sweep_spec,
@@ -33,8 +33,7 @@ def cmd_sweep(args) -> int:
     if base.threads == 0:  # the trials share the cores (on Ray each trial holds one CPU)
         base.threads = max(1, default_workers() // max(1, workers)) if args.backend == "local" else 1
     text, source = load_text(args.text)
-    build_corpus(text, source, lines=base.lines, val_frac=base.val_frac, test_frac=base.test_frac,
-                 split=base.split, seed=base.seed)
+    corpus_for(text, source, base)
     points = grid_points(grid, args.random, base.seed)
     text_path = str(Path(args.text).resolve())
     trials = make_trials(text_path, base, points, args.seeds)  # every point's options checked here

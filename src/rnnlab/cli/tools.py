@@ -40,15 +40,13 @@ def cmd_compare(args) -> int:
 
     from ..lm.compare import compare, parse_models, table_markdown
     from ..lm.config import TrainConfig
-    from ..lm.corpus import build_corpus, load_text
+    from ..lm.corpus import corpus_for, load_text
 
     models = parse_models(args.models)
     base = TrainConfig(lines=args.lines, seed=args.seed, batch=args.batch or (64 if args.lines else 32),
                        seq_len=args.seq_len, lr=args.lr).validate()
     text, source = load_text(args.text)
-    corpus = build_corpus(text, source, lines=base.lines, val_frac=base.val_frac, test_frac=base.test_frac,
-                          split=base.split,
-                          seed=base.seed)
+    corpus = corpus_for(text, source, base)
     rows = compare(corpus, models, args.budget, Path(args.out), base, progress=False)
     print()
     print(table_markdown(rows, args.budget, corpus))

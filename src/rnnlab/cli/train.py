@@ -120,7 +120,7 @@ def _resuming(args) -> bool:
 def cmd_train(args) -> int:
     from .. import backend
     from ..lm.auto import apply_auto
-    from ..lm.corpus import build_corpus, load_text
+    from ..lm.corpus import corpus_for, load_text
     from ..lm.rundir import RunDir
     from ..lm.trainer import Trainer, read_run, write_run_files
 
@@ -139,9 +139,7 @@ def cmd_train(args) -> int:
     if not resume:
         # Everything that can fail on the data or the options (too short a text, a split too small
         # for --batch/--seq-len) fails here, before the run directory is created or touched.
-        corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                              split=cfg.split,
-                              seed=cfg.seed)
+        corpus = corpus_for(text, source, cfg)
         del text
         auto_line = apply_auto(cfg, set(_given_options(args)), corpus)
         trainer = Trainer(cfg, corpus, RunDir(args.out), progress=not args.quiet)
@@ -155,9 +153,7 @@ def cmd_train(args) -> int:
             if text_digest(text) != data.get("sha256"):
                 raise RnnlabError(f"{source} is not the text this run was trained on ({data.get('source')}); "
                                   "resume with the same file or start a new run")
-            corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                                  split=cfg.split,
-                                  seed=cfg.seed, vocab=vocab)
+            corpus = corpus_for(text, source, cfg, vocab)
             del text
             trainer = Trainer(cfg, corpus, run, progress=not args.quiet)
             saved_plan = trainer.restore(keep_plan=args.threads is None and args.plan is None)
@@ -229,7 +225,7 @@ def cmd_demo(args) -> int:
     import numpy as np
 
     from ..lm.config import TrainConfig
-    from ..lm.corpus import build_corpus, load_text
+    from ..lm.corpus import corpus_for, load_text
     from ..lm.rundir import RunDir
     from ..lm.sample import generate
     from ..lm.trainer import Trainer, load_model_weights, write_run_files
@@ -242,8 +238,7 @@ def cmd_demo(args) -> int:
                       extra={"demo": True}).validate()
     print(f"rnnlab demo: training a {cfg.layers}-layer LSTM ({cfg.hidden} units) for {args.seconds:.0f} s on "
           f"{source}", flush=True)
-    corpus = build_corpus(text, source, lines=False, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                          split=cfg.split, seed=cfg.seed)
+    corpus = corpus_for(text, source, cfg)
     _clear_old_demo(args.out)
     with RunDir.create(args.out, force=True) as run:
         write_run_files(run, cfg, corpus)

@@ -57,8 +57,14 @@ def rebuild_corpus(cfg, data: dict, vocab: Vocab) -> Corpus | None:
         return None
     if text_digest(text) != data.get("sha256"):
         return None
-    return build_corpus(text, src, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed,
-                        vocab=vocab, split=cfg.split)
+    return corpus_for(text, src, cfg, vocab)
+
+
+def corpus_for(text: str, source: str, cfg, vocab: Vocab | None = None) -> Corpus:
+    """:func:`build_corpus` with the data options of a :class:`~rnnlab.lm.config.TrainConfig`
+    (``lines``, ``val_frac``, ``test_frac``, ``split``, ``seed``): how every run builds its corpus."""
+    return build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                        split=cfg.split, seed=cfg.seed, vocab=vocab)
 
 
 def build_corpus(text: str, source: str, *, lines: bool, val_frac: float, test_frac: float, seed: int,

@@ -147,7 +147,7 @@ def train_trial(params: dict, ctx) -> dict:
     """Train one configuration in the trial's folder (a normal run directory); resume it if it
     holds a checkpoint. Reports every validation; ends early when the runner asks."""
     from ..lm.config import TrainConfig
-    from ..lm.corpus import build_corpus, load_text, text_digest
+    from ..lm.corpus import corpus_for, load_text, text_digest
     from ..lm.evaluate import evaluate
     from ..lm.rundir import RunDir
     from ..lm.trainer import Trainer, load_model_weights, read_run, write_run_files
@@ -165,13 +165,9 @@ def train_trial(params: dict, ctx) -> dict:
             cfg, data, vocab = read_run(run)
             if text_digest(text) != data.get("sha256"):
                 raise RnnlabError(f"{source} changed since this trial started; restore it or start the sweep over")
-            corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                                  split=cfg.split,
-                                  seed=cfg.seed, vocab=vocab)
+            corpus = corpus_for(text, source, cfg, vocab)
         else:
-            corpus = build_corpus(text, source, lines=cfg.lines, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
-                                  split=cfg.split,
-                                  seed=cfg.seed)
+            corpus = corpus_for(text, source, cfg)
             write_run_files(run, cfg, corpus)
         del text
         trainer = Trainer(cfg, corpus, run, progress=False, log=lambda s: None, on_eval=on_eval)
