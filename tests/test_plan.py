@@ -2,12 +2,15 @@
 and that a run keeps its plan across a resume."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from rnnlab.errors import RnnlabError
 from rnnlab.lm import plan as planner
 from rnnlab.lm.plan import KINDS, Plan
+from rnnlab.lm.shards import BatchShards
 from rnnlab.models import build_model
 from rnnlab.nn import cells
 
@@ -137,16 +140,33 @@ def test_measure_leaves_the_model_as_it_was():
 
 def test_measure_takes_more_rounds_for_small_steps(monkeypatch):
     """Three rounds when the timed steps already add up to ``min_seconds``; more, up to
-    ``max_rounds``, while they do not (two timed steps per plan and round)."""
+    ``max_rounds``, while they do not (per plan: one warm-up step, then in each round one untimed
+    step, as no warm-up time is asked for here, and two timed ones)."""
     model = _model("gru", "float32")
     plans = [Plan("blas", 1), Plan("split", 2)]  # two plans: the race keeps both
+    monkeypatch.setattr(planner, "WARM_S", 0.0)
     for min_seconds, rounds in ((0.0, 3), (1e9, 7)):
-        timed_steps = []
-        real = planner.time.perf_counter
-        monkeypatch.setattr(planner.time, "perf_counter", lambda: timed_steps.append(1) or real())
+        steps = []
+        real = BatchShards.step
+        monkeypatch.setattr(BatchShards, "step", lambda self, *a: steps.append(1) or real(self, *a))
         planner.measure(model, plans, 16, 5, rounds=3, min_seconds=min_seconds, max_rounds=7)
-        monkeypatch.undo()
-        assert len(timed_steps) == 2 * 2 * len(plans) * rounds  # two clock reads per timed step
+        monkeypatch.setattr(BatchShards, "step", real)
+        assert len(steps) == len(plans) * (1 + 3 * rounds)
+
+
+def test_timed_steps_warm_up_for_their_time_or_step_count_then_time_k_steps():
+    """At least one untimed step; more until ``warm_s`` has passed or ``warm_steps`` ran, whichever
+    comes first; then ``k`` timed ones."""
+    calls = []
+    assert len(planner.timed_steps(lambda: calls.append(1), 3, warm_s=0.0)) == 3 and len(calls) == 4
+    calls.clear()
+    assert len(planner.timed_steps(lambda: calls.append(1), 2, warm_s=10.0, warm_steps=5)) == 2 and len(calls) == 7
+    calls.clear()
+    start = time.perf_counter()
+    times = planner.timed_steps(lambda: calls.append(time.perf_counter()) or time.sleep(0.002), 2, warm_s=0.03,
+                                warm_steps=10**6)
+    assert len(times) == 2 and all(t >= 0.002 for t in times)
+    assert len(calls) >= 2 + 2 and calls[-2] - start >= 0.03  # the timed steps start after the warm time
 
 
 def test_plan_records_round_trip_and_reject_nonsense():

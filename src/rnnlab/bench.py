@@ -14,7 +14,9 @@ far it is from the fastest candidate. The PyTorch twin is ``nn.Embedding`` (or o
 ``nn.RNN/LSTM/GRU`` + ``nn.Linear`` + ``F.cross_entropy`` + ``torch.optim.Adam``. All run in the
 same process with the same thread count (OpenBLAS through threadpoolctl, as each plan holds it;
 ``torch.set_num_threads``), alternating in blocks: each block is untimed steps for at least
-:data:`WARM_S` (at least one: caches and worker threads warm again after the other side ran) and
+:data:`rnnlab.lm.plan.WARM_S` or :data:`~rnnlab.lm.plan.WARM_STEPS` steps, whichever comes first
+(at least one: caches and worker threads warm again after the other side ran; the planner times
+its candidates the same way) and
 then :data:`BLOCK` timed steps back to back; with more than one thread a 0.15 s pause precedes
 each block, so that the other side's spinning idle workers (OpenBLAS spins ~0.1 s before
 sleeping) do not steal its cores. The time is the median of ``--steps`` timed steps after
@@ -232,13 +234,6 @@ def _blas_info() -> list[dict]:
 BLOCK = 2
 """Timed steps per block; the sides alternate block by block."""
 
-WARM_S = 0.05
-"""Untimed stepping at the start of each block (at least one step). After the pause, the first
-steps of rnnlab's threaded plans at config A ran up to 1.6x slower on the 2-vCPU development VM
-(its helper threads wake from sleep at every hand-off until the machine is busy again; LSTM L1 A
-split-packed@2 after a pause: 14.7 ms per step with one untimed step, 9.5 ms with four, torch's
-step 14.9 and 14.8 ms), while a trainer steps back to back. Both sides get the same rule."""
-
 SETTLE_S = 0.15
 """Pause before each block at more than one thread: the other side's idle worker threads spin
 before they sleep (OpenBLAS about 2^28 cycles, ~0.1 s; libgomp less) and would otherwise compete
@@ -246,25 +241,18 @@ with this side's threads for the same cores."""
 
 
 def _block(step, k: int, threads: int, blas_threads: int | None = None) -> list[float]:
-    """One block: (a pause at > 1 thread,) untimed steps for :data:`WARM_S` (at least one) that
-    re-warm caches and wake the worker threads, then ``k`` timed steps back to back, as a trainer
-    runs them. ``blas_threads`` limits the BLAS for the block (the trainer holds one BLAS thread
-    for a whole run when it splits the batch over threads)."""
+    """One block: (a pause at > 1 thread,) untimed steps that re-warm caches and wake the worker
+    threads, then ``k`` timed steps back to back, as a trainer runs them
+    (:func:`rnnlab.lm.plan.timed_steps`, the planner's rule). ``blas_threads`` limits the BLAS
+    for the block (the trainer holds one BLAS thread for a whole run when it splits the batch over
+    threads)."""
+    from .lm.plan import timed_steps
     from .lm.shards import blas_limit
 
     if threads > 1:
         time.sleep(SETTLE_S)
     with blas_limit(blas_threads) if blas_threads else contextlib.nullcontext():
-        warm_until = time.perf_counter() + WARM_S
-        step()
-        while time.perf_counter() < warm_until:
-            step()
-        times = []
-        for _ in range(k):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    return times
+        return timed_steps(step, k)
 
 
 def child_time(spec: dict) -> dict:
@@ -469,6 +457,8 @@ PLAN_SLACK = 1.05
 
 
 def build_report(res: dict) -> str:
+    from .lm.plan import WARM_S, WARM_STEPS
+
     m, args = res["machine"], res["args"]
     lines = ["# Training-step benchmark: rnnlab vs PyTorch (CPU, float32)", ""]
     lines += [f"Command: `{res['command']}`", ""]
@@ -483,7 +473,8 @@ def build_report(res: dict) -> str:
               "chosen first, by the trainer's own short measurement (`plan.fastest`); then torch and every "
               f"candidate plan are timed: median of {args['steps']} timed steps after {args['warmup']} warm-up "
               f"steps, all in one process at the same thread count, alternating in blocks of untimed steps for "
-              f"{WARM_S * 1e3:.0f} ms (at least one) + {BLOCK} timed steps (a 0.15 s pause before each block at 2 threads, so the other side's spinning idle "
+              f"{WARM_S * 1e3:.0f} ms or {WARM_STEPS} steps, whichever comes first (at least one) + {BLOCK} "
+              "timed steps (a 0.15 s pause before each block at 2 threads, so the other side's spinning idle "
               "threads are asleep). chars/s = B*T / step time.", ""]
     envs = [key for key in ("unset", "forced") if res["runs"].get(key)]
     for key in envs:

@@ -54,6 +54,35 @@ SETTLE_S = 0.15
 threads (OpenBLAS spins about 0.1 s after a call before it sleeps) are asleep when the plans that
 do not use them are timed."""
 
+WARM_S = 0.05
+WARM_STEPS = 8
+"""Untimed stepping before each plan's timed steps: for :data:`WARM_S` seconds or
+:data:`WARM_STEPS` steps, whichever comes first (at least one step). After a pause, or after
+another plan ran, the first steps of a threaded plan run slow: on the 2-vCPU development VM the
+LSTM L1 A ``split-packed@2`` step took 14.7 ms after one untimed step and 9.5 ms after four
+(its threads wake from sleep at every hand-off until the cores are busy again), while a trainer
+steps back to back. Timed after one untimed step, such plans lost to slower ones. The step
+bound keeps the planner short for tiny models (its rounds are many there, see :func:`measure`)."""
+
+
+def timed_steps(step, k: int, warm_s: float | None = None, warm_steps: int | None = None) -> list[float]:
+    """Seconds of ``k`` calls of ``step()`` run back to back, as a trainer runs them, after
+    untimed calls (at least one) that warm the caches and wake the worker threads again: for
+    ``warm_s`` seconds or ``warm_steps`` calls, whichever comes first (defaults :data:`WARM_S`,
+    :data:`WARM_STEPS`)."""
+    warm_until = time.perf_counter() + (WARM_S if warm_s is None else warm_s)
+    left = (WARM_STEPS if warm_steps is None else warm_steps) - 1
+    step()
+    while left > 0 and time.perf_counter() < warm_until:
+        step()
+        left -= 1
+    times = []
+    for _ in range(k):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -135,11 +164,12 @@ def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3,
             seed: int = 0, min_seconds: float = 1.0, max_rounds: int = 15) -> dict[Plan, float]:
     """Median seconds of forward, loss and backward per plan, on random ids ``(seq_len, batch)``.
 
-    A warm-up step per plan (compilation, first-touch memory), then ``rounds`` rounds; in each, every
-    plan still in the race runs one untimed step and two timed ones, the plans with one BLAS thread
-    first, after a pause of :data:`SETTLE_S` when the threads are shared. After the first round
-    only the plans within ``keep`` times the best so far stay in the race (the others keep their
-    first median). Small steps get more rounds: they go on until the timed steps add up to
+    A warm-up step per plan (compilation, first-touch memory), then ``rounds`` rounds; in each,
+    every plan still in the race runs untimed steps (:data:`WARM_S`, :data:`WARM_STEPS`) and two
+    timed ones (:func:`timed_steps`), the plans with one BLAS thread first, after a pause of
+    :data:`SETTLE_S` when the threads are shared. After the second round only the plans within
+    ``keep`` times the best so far stay in the race (the others keep the median of their first
+    two rounds). Small steps get more rounds: they go on until the timed steps add up to
     ``min_seconds`` (at most ``max_rounds``), since a few samples of a 10 ms step do not tell
     plans apart that differ by 10 %."""
     V = getattr(model, "vocab_size")
@@ -161,14 +191,11 @@ def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3,
             if shared:
                 time.sleep(SETTLE_S)
             for p in race:
+                # the same dropout masks at every step, where the model has dropout
+                step = lambda run=runners[p]: run.step(x, y, state, None, np.random.default_rng(seed))  # noqa: E731
                 with blas_limit(p.blas_threads):
-                    runners[p].step(x, y, state, None, np.random.default_rng(seed))
-                    for _ in range(2):
-                        drop = np.random.default_rng(seed)  # dropout masks, where the model has dropout
-                        t0 = time.perf_counter()
-                        runners[p].step(x, y, state, None, drop)
-                        times[p].append(time.perf_counter() - t0)
-            if r == 0 and len(race) > 2:
+                    times[p] += timed_steps(step, 2)
+            if r == 1 and len(race) > 2:  # after two rounds: one noisy round does not drop a plan
                 best = min(statistics.median(times[p]) for p in race)
                 race = [p for p in race if statistics.median(times[p]) <= keep * best]
             r += 1
