@@ -629,7 +629,8 @@ def main(argv=None, prog: str = "rnnlab bench") -> int:
     p.add_argument("--forced-only", action="store_true", help="only the run with AVX2 forced on every side")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--markdown", help="write the report to this file (e.g. docs/benchmarks.md)")
-    p.add_argument("--json", help="write the raw results to this file")
+    p.add_argument("--json", help="write the raw results to this file (with --from-json: the merged ones, "
+                                  "unless it names one of the inputs)")
     p.add_argument("--from-json", help="rebuild the report from --json files of earlier runs, comma-separated "
                                        "(no measuring); the rows of several runs (e.g. one per config) are merged")
     p.add_argument("--child-time", help=argparse.SUPPRESS)
@@ -749,7 +750,8 @@ def _write_outputs(res: dict, args) -> None:
                 notes = old[old.index(NOTES_MARKER):]
         with open(args.markdown, "w") as f:
             f.write(report + ("\n" + notes if notes else ""))
-    if args.json and not args.from_json:
+    inputs = [os.path.abspath(f) for f in (args.from_json or "").split(",") if f]
+    if args.json and os.path.abspath(args.json) not in inputs:  # the merged results of --from-json too
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
 

@@ -279,10 +279,12 @@ def _rows(a, P, pcol, pw, c, r0, r1, add):
     with the loops over row tiles and panels the other way round: a tile's rows of ``a`` (a strip
     of ``MR x KC``) stay in the L1 cache while every panel is multiplied by them, and the panels
     stream through in order. For these whole-sequence products (``T B`` rows of ``a``, or as many
-    columns of ``B``) the panel-outer order of :func:`gemm` read all of ``a``'s block again for
-    each panel: 82-101 GFLOP/s against 95-111 this way at the LSTM shapes of configs A-C (one
-    thread, ``x W^T``, ``dA^T h``, ``dA W``; the per-step products, with a few rows of ``a``,
-    are as fast either way). Each element is summed the same way in either order: same bits."""
+    columns of ``B``) the panel-outer order of :func:`gemm` reads all of ``a``'s block again for
+    each panel. At the LSTM shapes of configs A-C (``x W^T``, ``dA^T h``, ``dA W``; one thread,
+    ``benchmarks/whole_gemms.py``) this order runs at 89-112 GFLOP/s against 78-114 (faster in
+    seven of nine shapes, within 2 % in the other two), and a two-layer LSTM step at config A 35.0 -> 31.6 ms; the per-step products, with a
+    few rows of ``a``, keep :func:`gemm`'s order (each panel stays in L1 across their row tiles).
+    Each element is summed the same way in either order: same bits."""
     a, c = a[r0:r1], c[r0:r1]
     M, K = a.shape[0], P.shape[-2]
     MR = TILE[1]

@@ -1,0 +1,101 @@
+"""The whole-sequence GEMMs of a recurrent layer: rnnlab's packed kernel in its two loop orders
+against NumPy's OpenBLAS, one thread, float32.
+
+    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5]
+
+Besides its per-step products, a layer's training step runs three products over all ``N = T B``
+rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input size ``H``)::
+
+    proj   x W_xh^T   (N, H) x (H, G H)       the input projection of every step
+    dW     dA^T h     (G H, N) x (N, H)       dW_hh and dW_xh (dA: the gates' gradients, read transposed)
+    dX     dA W_xh    (N, G H) x (G H, H)     the gradient of the layer's input
+
+Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.packed.matmul`
+(row tiles outside, panels inside), under ``blas`` through ``np.matmul``. The column "panels
+outside" is the same micro-kernel in :func:`rnnlab.nn.packed.gemm`'s order, which the whole
+products used before: for each block of ``k``, each panel, then every row tile (same bits). GFLOP/s,
+median of ``--rounds`` rounds in which the three run one call each in turn (after one untimed
+call each), so that the machine's slow moments fall on all three. Unset OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE in the command to time NumPy's GEMM at full speed.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from numba import njit
+from threadpoolctl import threadpool_limits
+
+from rnnlab.bench import CONFIGS
+from rnnlab.nn import packed
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+@njit(nogil=True)
+def _panels_outside(a, P, pcol, pw, c):
+    """``c = a @ B`` over the panels ``P`` in :func:`rnnlab.nn.packed.gemm`'s loop order."""
+    M, K = a.shape[0], P.shape[-2]
+    MR = packed.TILE[1]
+    for k0 in range(0, max(K, 1), packed.KC):
+        k1 = min(K, k0 + packed.KC)
+        ak = a[:, k0:k1]
+        for p in range(pcol.shape[0]):
+            col, w = pcol[p], pw[p]
+            panel = packed._panel(P, p, col, w, k0, k1)
+            for r in range(0, M, MR):
+                packed._tile(ak[r:], panel, c[r:, col:], min(MR, M - r), w, k0 > 0)
+
+
+def _panels_of(b):
+    """What :func:`rnnlab.nn.packed.matmul` multiplies by: ``B`` itself (C-ordered, whole vectors)
+    or its packed panels."""
+    N = b.shape[1]
+    nr = packed.panel_width(b.dtype)
+    pcol, pw = packed.panels([(0, N)], nr)
+    if b.flags.c_contiguous and N % packed.lanes(b.dtype) == 0:
+        return b, pcol, pw
+    P = np.empty((len(pcol), b.shape[0], nr), b.dtype)
+    packed.pack(b.T, True, pcol, pw, P, 0, len(pcol))  # b is the transpose of a C-ordered W here
+    return P, pcol, pw
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", default="A,B,C")
+    ap.add_argument("--cell", default="lstm", choices=sorted(GATES))
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    f = np.float32
+    print(f"{args.cell}, one thread, float32, GFLOP/s (median of {args.rounds} interleaved rounds): "
+          "packed (rows outside) | packed (panels outside) | OpenBLAS")
+    with threadpool_limits(1):
+        for cfg in args.configs.split(","):
+            B, T, H, _ = CONFIGS[cfg]
+            N, GH = T * B, GATES[args.cell] * H
+            x = rng.standard_normal((N, H), dtype=f)
+            W = rng.standard_normal((GH, H), dtype=f)
+            dA = rng.standard_normal((N, GH), dtype=f)
+            for name, a, b in (("proj x W^T", x, W.T), ("dW dA^T h", dA.T, x), ("dX dA W", dA, W)):
+                out = np.empty((a.shape[0], b.shape[1]), f)
+                P, pcol, pw = _panels_of(b)
+                sides = (lambda: packed.matmul(a, b, out), lambda: _panels_outside(a, P, pcol, pw, out),
+                         lambda: np.matmul(a, b, out=out))
+                times = [[] for _ in sides]
+                for fn in sides:
+                    fn()
+                for _ in range(args.rounds):
+                    for fn, ts in zip(sides, times):
+                        t0 = time.perf_counter()
+                        fn()
+                        ts.append(time.perf_counter() - t0)
+                flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+                rates = " | ".join(f"{flops / statistics.median(ts) / 1e9:6.1f}" for ts in times)
+                print(f"  {cfg} {name:<11} {a.shape[0]:>5} x {a.shape[1]:>5} x {b.shape[1]:>5}: {rates}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
