@@ -282,9 +282,10 @@ def _rows(a, P, pcol, pw, c, r0, r1, add):
     columns of ``B``) the panel-outer order of :func:`gemm` reads all of ``a``'s block again for
     each panel. At the LSTM shapes of configs A-C (``x W^T``, ``dA^T h``, ``dA W``; one thread,
     ``benchmarks/whole_gemms.py``) this order runs at 89-112 GFLOP/s against 78-114 (faster in
-    seven of nine shapes, within 2 % in the other two), and a two-layer LSTM step at config A 35.0 -> 31.6 ms; the per-step products, with a
-    few rows of ``a``, keep :func:`gemm`'s order (each panel stays in L1 across their row tiles).
-    Each element is summed the same way in either order: same bits."""
+    seven of nine shapes, within 2 % in the other two), and a two-layer LSTM step at config A
+    took 31.6 ms instead of 35.0. The per-step products, with a few rows of ``a``, keep
+    :func:`gemm`'s order (each panel stays in L1 across their row tiles). Each element is summed
+    the same way in either order: same bits."""
     a, c = a[r0:r1], c[r0:r1]
     M, K = a.shape[0], P.shape[-2]
     MR = TILE[1]
