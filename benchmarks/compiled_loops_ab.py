@@ -17,7 +17,7 @@ from rnnlab import bench
 from rnnlab.lm.plan import Plan
 from rnnlab.nn import cells
 
-CONFIGS = {"A": (32, 64, 128, 64), "B": (64, 100, 256, 64), "C": (64, 100, 512, 64)}
+CONFIGS = {k: bench.CONFIGS[k] for k in "ABC"}
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     for r in range(args.rounds + 1):  # round 0 warms up (compiles, fills the workspace pool)
         for (on, plan), step in variants.items():
             cells.sequence_loops = with_loops if on else (lambda xp, dtype: None)
-            # bench's block: a pause at 2 threads, one untimed step, then the timed ones
+            # bench's block: a pause at 2 threads, untimed steps (plan.timed_steps), then the timed ones
             t = bench._block(step, 2 if r == 0 else args.steps, plan.threads, plan.blas_threads)
             if r:
                 times[on, plan] += t

@@ -49,19 +49,6 @@ def _panels_outside(a, P, pcol, pw, c):
                 packed._tile(ak[r:], panel, c[r:, col:], min(MR, M - r), w, k0 > 0)
 
 
-def _panels_of(b):
-    """What :func:`rnnlab.nn.packed.matmul` multiplies by: ``B`` itself (C-ordered, whole vectors)
-    or its packed panels."""
-    N = b.shape[1]
-    nr = packed.panel_width(b.dtype)
-    pcol, pw = packed.panels([(0, N)], nr)
-    if b.flags.c_contiguous and N % packed.lanes(b.dtype) == 0:
-        return b, pcol, pw
-    P = np.empty((len(pcol), b.shape[0], nr), b.dtype)
-    packed.pack(b.T, True, pcol, pw, P, 0, len(pcol))  # b is the transpose of a C-ordered W here
-    return P, pcol, pw
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default="A,B,C")
@@ -81,7 +68,7 @@ def main(argv=None) -> None:
             dA = rng.standard_normal((N, GH), dtype=f)
             for name, a, b in (("proj x W^T", x, W.T), ("dW dA^T h", dA.T, x), ("dX dA W", dA, W)):
                 out = np.empty((a.shape[0], b.shape[1]), f)
-                P, pcol, pw = _panels_of(b)
+                P, pcol, pw = packed.operand(b)  # what packed.matmul reads
                 sides = (lambda: packed.matmul(a, b, out), lambda: _panels_outside(a, P, pcol, pw, out),
                          lambda: np.matmul(a, b, out=out))
                 times = [[] for _ in sides]

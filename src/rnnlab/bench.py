@@ -13,14 +13,13 @@ torch and *every* candidate plan are timed, so the table shows what the chosen p
 far it is from the fastest candidate. The PyTorch twin is ``nn.Embedding`` (or one-hot vectors) +
 ``nn.RNN/LSTM/GRU`` + ``nn.Linear`` + ``F.cross_entropy`` + ``torch.optim.Adam``. All run in the
 same process with the same thread count (OpenBLAS through threadpoolctl, as each plan holds it;
-``torch.set_num_threads``), alternating in blocks: each block is untimed steps for at least
-:data:`rnnlab.lm.plan.WARM_S` or :data:`~rnnlab.lm.plan.WARM_STEPS` steps, whichever comes first
-(at least one: caches and worker threads warm again after the other side ran; the planner times
-its candidates the same way) and
-then :data:`BLOCK` timed steps back to back; with more than one thread a 0.15 s pause precedes
-each block, so that the other side's spinning idle workers (OpenBLAS spins ~0.1 s before
-sleeping) do not steal its cores. The time is the median of ``--steps`` timed steps after
-``--warmup`` steps.
+``torch.set_num_threads``), alternating in blocks: each block is untimed steps for
+:data:`rnnlab.lm.plan.WARM_S` seconds or :data:`~rnnlab.lm.plan.WARM_STEPS` steps, whichever comes
+first (at least one: caches and worker threads warm again after the other side ran; the planner
+times its candidates the same way), then :data:`BLOCK` timed steps back to back; with more than
+one thread a pause of :data:`~rnnlab.lm.plan.SETTLE_S` precedes each block, so that the other
+side's spinning idle workers (OpenBLAS spins ~0.1 s before sleeping) do not steal its cores. The
+time is the median of ``--steps`` timed steps after ``--warmup`` steps.
 
 Processes. Every measurement runs in a child process with a cleaned environment: with every
 variable of :data:`FORCED_AVX2` unset (the "unset" table: each library picks its code for the
@@ -234,19 +233,15 @@ def _blas_info() -> list[dict]:
 BLOCK = 2
 """Timed steps per block; the sides alternate block by block."""
 
-SETTLE_S = 0.15
-"""Pause before each block at more than one thread: the other side's idle worker threads spin
-before they sleep (OpenBLAS about 2^28 cycles, ~0.1 s; libgomp less) and would otherwise compete
-with this side's threads for the same cores."""
-
-
 def _block(step, k: int, threads: int, blas_threads: int | None = None) -> list[float]:
-    """One block: (a pause at > 1 thread,) untimed steps that re-warm caches and wake the worker
+    """One block: (a pause of :data:`rnnlab.lm.plan.SETTLE_S` at > 1 thread, so that the other
+    side's idle worker threads, which spin before they sleep, OpenBLAS about 0.1 s and libgomp
+    less, do not compete for the cores,) untimed steps that re-warm caches and wake the worker
     threads, then ``k`` timed steps back to back, as a trainer runs them
     (:func:`rnnlab.lm.plan.timed_steps`, the planner's rule). ``blas_threads`` limits the BLAS
     for the block (the trainer holds one BLAS thread for a whole run when it splits the batch over
     threads)."""
-    from .lm.plan import timed_steps
+    from .lm.plan import SETTLE_S, timed_steps
     from .lm.shards import blas_limit
 
     if threads > 1:
@@ -457,7 +452,7 @@ PLAN_SLACK = 1.05
 
 
 def build_report(res: dict) -> str:
-    from .lm.plan import WARM_S, WARM_STEPS
+    from .lm.plan import SETTLE_S, WARM_S, WARM_STEPS
 
     m, args = res["machine"], res["args"]
     lines = ["# Training-step benchmark: rnnlab vs PyTorch (CPU, float32)", ""]
@@ -474,7 +469,7 @@ def build_report(res: dict) -> str:
               f"candidate plan are timed: median of {args['steps']} timed steps after {args['warmup']} warm-up "
               f"steps, all in one process at the same thread count, alternating in blocks of untimed steps for "
               f"{WARM_S * 1e3:.0f} ms or {WARM_STEPS} steps, whichever comes first (at least one) + {BLOCK} "
-              "timed steps (a 0.15 s pause before each block at 2 threads, so the other side's spinning idle "
+              f"timed steps (a {SETTLE_S:.2f} s pause before each block at 2 threads, so the other side's spinning idle "
               "threads are asleep). chars/s = B*T / step time.", ""]
     envs = [key for key in ("unset", "forced") if res["runs"].get(key)]
     for key in envs:

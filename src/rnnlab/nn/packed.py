@@ -303,6 +303,23 @@ def _whole(N: int, nr: int) -> tuple[np.ndarray, np.ndarray]:
     return panels([(0, N)], nr)
 
 
+def operand(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(P, pcol, pw)``: what the tiles of :func:`matmul` read for ``@ b``. ``b (K, N)`` itself
+    when it is C-ordered and its columns fill whole vectors (no copy: ``b`` has many rows here),
+    else its panels packed into a workspace array."""
+    K, N = b.shape
+    nr = panel_width(b.dtype)
+    pcol, pw = _whole(N, nr)
+    if b.flags.c_contiguous and N % lanes(b.dtype) == 0:
+        return b, pcol, pw
+    P = workspace.empty((len(pcol), K, nr), b.dtype)
+    if b.T.flags.c_contiguous and not b.flags.c_contiguous:
+        pack(b.T, True, pcol, pw, P, 0, len(pcol))
+    else:
+        pack(np.ascontiguousarray(b), False, pcol, pw, P, 0, len(pcol))
+    return P, pcol, pw
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, team: int = 1) -> np.ndarray:
     """``out = a @ b`` (``add``: ``out += a @ b``; each block of :data:`KC` ``k`` is summed, then
     added to ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
@@ -314,16 +331,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
     N = b.shape[1]
     if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
-    nr = panel_width(a.dtype)
-    pcol, pw = _whole(N, nr)
-    if b.flags.c_contiguous and N % lanes(a.dtype) == 0:
-        P = b  # the tiles read B's rows where they are: no copy (B has many rows here)
-    else:
-        P = workspace.empty((len(pcol), K, nr), a.dtype)
-        if b.T.flags.c_contiguous and not b.flags.c_contiguous:
-            pack(b.T, True, pcol, pw, P, 0, len(pcol))
-        else:
-            pack(np.ascontiguousarray(b), False, pcol, pw, P, 0, len(pcol))
+    P, pcol, pw = operand(b)
     MR = TILE[1]
     blocks = -(-M // MR)
     n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
