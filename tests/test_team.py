@@ -98,28 +98,36 @@ def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_b_read_in_place_gives_the_bits_of_b_packed(dtype, monkeypatch):
-    """A C-ordered ``b`` whose columns fill whole vectors is read where it is, with no packed
-    copy (the weight gradients' ``h`` has ``T B`` rows); every element gets the bits it gets when
-    the same ``b`` is packed first."""
+def test_every_operand_layout_gives_the_same_bits(dtype, monkeypatch):
+    """The whole products' operand layouts (:data:`packed.B_IN_PLACE`, :data:`packed.COPY_A`, set
+    by the vector ISA): a C-ordered ``b`` whose columns fill whole vectors is read where it is
+    (the weight gradients' ``h`` has ``T B`` rows) or packed first, and the strips of a transposed
+    ``a`` are read in place or copied to unit stride; every element gets the same bits in all four."""
     rng = np.random.default_rng(7)
     M, K, N = 29, 600, 3 * packed.lanes(dtype)  # two k-blocks; the last panel narrower than NR
     a = rng.standard_normal((K, M)).astype(dtype).T  # strided along k, like dA^T
     b = rng.standard_normal((K, N)).astype(dtype)
-    strided = np.empty((K, N + 1), dtype)[:, :N]  # the same values, not C-ordered: packed first
+    strided = np.empty((K, N + 1), dtype)[:, :N]  # the same values, not C-ordered: packed always
     strided[:] = b
     base = rng.standard_normal((M, N)).astype(dtype)
     packs = []
     real_pack = packed.pack
     monkeypatch.setattr(packed, "pack", lambda *args: packs.append(args[0].shape) or real_pack(*args))
     for add in (False, True):
-        direct = packed.matmul(a, b, base.copy(), add)
-        assert packs == []
-        copied = packed.matmul(a, strided, base.copy(), add)
-        assert packs.pop() == (K, N)
-        np.testing.assert_array_equal(direct, copied)
         want = (base if add else 0) + a.astype(np.float64) @ b.astype(np.float64)
-        np.testing.assert_allclose(direct, want, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
+        results = []
+        for in_place in (True, False):
+            for copy_a in (True, False):
+                monkeypatch.setattr(packed, "B_IN_PLACE", in_place)
+                monkeypatch.setattr(packed, "COPY_A", copy_a)
+                results.append(packed.matmul(a, b, base.copy(), add))
+                assert packs == ([] if in_place else [(K, N)])
+                packs.clear()
+                results.append(packed.matmul(a, strided, base.copy(), add))
+                assert packs.pop() == (K, N)
+        for r in results[1:]:
+            np.testing.assert_array_equal(r, results[0])
+        np.testing.assert_allclose(results[0], want, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
 
 
 def test_the_layers_products_follow_the_loop_settings(monkeypatch):

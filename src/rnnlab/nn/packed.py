@@ -274,7 +274,7 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ whole matrices
 @njit(**_OPTS)
-def _rows(a, P, pcol, pw, c, r0, r1, add):
+def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a):
     """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel, in :func:`gemm`'s blocks of ``k`` but
     with the loops over row tiles and panels the other way round: a tile's rows of ``a`` (a strip
     of ``MR x KC``) stay in the L1 cache while every panel is multiplied by them, and the panels
@@ -285,17 +285,43 @@ def _rows(a, P, pcol, pw, c, r0, r1, add):
     seven of nine shapes, within 2 % in the other two), and a two-layer LSTM step at config A
     took 31.6 ms instead of 35.0. The per-step products, with a few rows of ``a``, keep
     :func:`gemm`'s order (each panel stays in L1 across their row tiles). Each element is summed
-    the same way in either order: same bits."""
+    the same way in either order: same bits. ``copy_a``: each tile's strip of ``a`` is copied,
+    k-major, to a unit-stride buffer first (see :data:`COPY_A`; same bits)."""
     a, c = a[r0:r1], c[r0:r1]
     M, K = a.shape[0], P.shape[-2]
     MR = TILE[1]
+    strip = np.empty((KC if copy_a else 0, MR), a.dtype)  # (k, row): a tile's rows of a, k-major
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         ak = a[:, k0:k1]
         for r in range(0, M, MR):
+            m = min(MR, M - r)
+            if copy_a:
+                for k in range(k1 - k0):
+                    if m == MR:  # a constant trip count: unrolled
+                        for i in range(MR):
+                            strip[k, i] = ak[r + i, k]
+                    else:
+                        for i in range(m):
+                            strip[k, i] = ak[r + i, k]
+                at = strip[: k1 - k0].T  # (MR, k1 - k0), unit stride along the rows
+            else:
+                at = ak[r:]
             for p in range(pcol.shape[0]):
                 col, w = pcol[p], pw[p]
-                _tile(ak[r:], _panel(P, p, col, w, k0, k1), c[r:, col:], min(MR, M - r), w, add or k0 > 0)
+                _tile(at, _panel(P, p, col, w, k0, k1), c[r:, col:], m, w, add or k0 > 0)
+
+
+B_IN_PLACE = VECTOR_BYTES * TILE[0] >= 256
+"""The whole products read a C-ordered ``b`` in place (no packed copy) when a panel's row spans
+at least four cache lines: the 256-byte panels of AVX-512. The 64-byte panels of AVX2, read in
+place from ``b``'s rows kilobytes apart, fall into a few cache sets: ``dA W`` at config C (forced
+AVX2 on the Zen 4 development machine, one thread) ran at 69 GFLOP/s in place and 98 packed."""
+COPY_A = not B_IN_PLACE
+"""With the AVX2 tiles, a transposed ``a`` (``dA^T``, its rows ``G H`` floats apart) is copied a
+tile's strip at a time to unit stride: ``dA^T h`` at config C 50 -> 96 GFLOP/s together with
+packing ``h`` (OpenBLAS's Haswell kernel: 107). With the AVX-512 tiles the copy costs 7-10 % at
+configs A and B (``dA^T h`` at A: 111 -> 100 GFLOP/s), so it is not made there."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -303,14 +329,15 @@ def _whole(N: int, nr: int) -> tuple[np.ndarray, np.ndarray]:
     return panels([(0, N)], nr)
 
 
-def operand(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def operand(b: np.ndarray, in_place: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(P, pcol, pw)``: what the tiles of :func:`matmul` read for ``@ b``. ``b (K, N)`` itself
-    when it is C-ordered and its columns fill whole vectors (no copy: ``b`` has many rows here),
-    else its panels packed into a workspace array."""
+    when it is C-ordered, its columns fill whole vectors and ``in_place`` (default
+    :data:`B_IN_PLACE`): no copy, ``b`` has many rows here; else its panels packed into a
+    workspace array."""
     K, N = b.shape
     nr = panel_width(b.dtype)
     pcol, pw = _whole(N, nr)
-    if b.flags.c_contiguous and N % lanes(b.dtype) == 0:
+    if (B_IN_PLACE if in_place is None else in_place) and b.flags.c_contiguous and N % lanes(b.dtype) == 0:
         return b, pcol, pw
     P = workspace.empty((len(pcol), K, nr), b.dtype)
     if b.T.flags.c_contiguous and not b.flags.c_contiguous:
@@ -325,17 +352,19 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
     added to ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
     strides, ``b (K, N)`` C-ordered or the transpose of a C-ordered array, ``out (M, N)`` with
     unit column stride; one float dtype. Each element gets the same bits whatever ``team``. A
-    C-ordered ``b`` whose columns fill whole vectors is read in place; any other is packed first
-    (the same bits either way)."""
+    C-ordered ``b`` whose columns fill whole vectors is read in place where :data:`B_IN_PLACE`,
+    any other is packed first; a transposed ``a`` is copied strip by strip where :data:`COPY_A`
+    (the same bits every way)."""
     M, K = a.shape
     N = b.shape[1]
     if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
     P, pcol, pw = operand(b)
+    copy_a = COPY_A and a.strides[1] != a.itemsize
     MR = TILE[1]
     blocks = -(-M // MR)
     n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
     cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
-    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add) for j in range(n)], sync)
+    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a) for j in range(n)], sync)
     return out
