@@ -124,8 +124,6 @@ def _tile(typingctx, a, panel, c, m, nv, add):
         K = cgutils.unpack_tuple(builder, P.shape, 2)[0]
         ldp = builder.sdiv(cgutils.unpack_tuple(builder, P.strides, 2)[0], i64(size))
         sa = [builder.sdiv(x, i64(size)) for x in cgutils.unpack_tuple(builder, A.strides, 2)]
-        if a.layout == "F":  # unit stride along the rows, known here: one pointer, constant offsets
-            sa[0] = i64(1)
         ldc = builder.sdiv(cgutils.unpack_tuple(builder, C.strides, 2)[0], i64(size))
         fn, mod = builder.function, builder.module
         mstore = cgutils.get_or_insert_function(mod, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]),
