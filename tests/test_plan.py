@@ -2,6 +2,7 @@
 and that a run keeps its plan across a resume."""
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from rnnlab.lm import plan as planner
 from rnnlab.lm.plan import KINDS, Plan
 from rnnlab.lm.shards import BatchShards
 from rnnlab.models import build_model
-from rnnlab.nn import cells
+from rnnlab.nn import cells, packed
 
 V = 11
 numba = pytest.mark.skipif(not cells.numba_enabled(), reason="the packed plans need numba")
@@ -115,7 +116,8 @@ def test_choose_times_the_candidates_and_keeps_the_fastest(monkeypatch):
     got = planner.choose(model, 32, 7, log=lines.append)
     want = "packed" if cells.numba_enabled() else "split"
     assert got == Plan(want, 2) and seen[0][:2] == (32, 7)
-    assert lines and lines[0].startswith(f"plan: {want} on 2 threads, the fastest of")
+    layout = f" (operands {packed.layout()})" if want == "packed" else ""
+    assert lines and lines[0].startswith(f"plan: {want} on 2 threads{layout}, the fastest of")
     assert planner.choose(model, 32, 7, threads=4, plan="split", log=lines.append) == Plan("split", 4)
     assert planner.choose(model, 3, 7, threads=4, plan="split") == Plan("split", 3)
     assert len(seen) == 1  # a named plan is not measured
@@ -236,7 +238,8 @@ def test_resume_with_another_plan_says_whether_the_bits_change(tmp_path, capsys)
         assert main(["train", str(text), "--out", str(tmp_path / "team"), "--resume", "--threads", "3",
                      "--max-steps", "5", "--plan", "packed"]) == 0
         out = capsys.readouterr().out
-        assert "plan: packed on 3 threads (as asked)" in out and "no longer bit-identical" not in out
+        assert re.search(r"plan: packed on 3 threads \(operands [a-z ]+\) \(as asked\)", out)
+        assert "no longer bit-identical" not in out
 
 
 @numba
@@ -295,6 +298,42 @@ def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):
     assert planner.choose(model, 32, 7).kind == "blas" and len(calls) == 3  # the new choice is remembered
     planner.cache_path().write_text("{not json", encoding="utf-8")
     assert planner.choose(model, 32, 7).kind == "split" and len(calls) == 4
+
+
+@numba
+def test_a_packed_choice_times_and_remembers_its_operand_layout(tmp_path, monkeypatch):
+    """Before the candidates are timed, the packed kernel's operand layouts are (at the model's
+    shapes); the chosen plan is remembered with the layout then in force, which a later run of
+    the same shape puts in force again without timing; a packed plan named by ``--plan`` has its
+    layout timed too. The log line names the layout."""
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(planner, "usable_cores", lambda: 2)
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
+    monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
+    timed = []
+    real = packed.choose_layout
+
+    def choose_layout(rows, gates, hidden, dtype, **kw):
+        timed.append((rows, gates, hidden, np.dtype(dtype)))
+        return real(rows, gates, hidden, dtype, rounds=1)
+
+    monkeypatch.setattr(packed, "choose_layout", choose_layout)
+    monkeypatch.setattr(planner, "measure", lambda m, plans, b, t, **kw: {p: 0.0 if p == Plan("packed", 2) else 1.0
+                                                                          for p in plans})
+    model = _model("lstm", "float32")
+    lines = []
+    assert planner.choose(model, 32, 7, log=lines.append) == Plan("packed", 2)
+    assert timed == [(32 * 7, 4, 20, np.dtype(np.float32))]
+    chosen = packed.layout()
+    assert chosen in packed.LAYOUTS and f"(operands {chosen})" in lines[-1]
+    other = next(k for k in packed.LAYOUTS if k != chosen)
+    packed.set_layout(other)
+    assert packed.layout() == other
+    assert planner.choose(model, 32, 7, log=lines.append) == Plan("packed", 2) and len(timed) == 1
+    assert packed.layout() == chosen and f"(operands {chosen})" in lines[-1]
+    assert planner.choose(model, 32, 7, plan="blas", log=lines.append) == Plan("blas", 2) and len(timed) == 1
+    assert planner.choose(model, 16, 7, plan="split-packed") == Plan("split-packed", 2) and len(timed) == 2
 
 
 def test_a_choice_timed_on_a_busy_machine_is_not_remembered(tmp_path, monkeypatch):

@@ -104,7 +104,8 @@ def test_every_operand_layout_gives_the_same_bits(dtype, monkeypatch):
     (the weight gradients' ``h`` has ``T B`` rows) or packed first, and the strips of a transposed
     ``a`` are read in place or copied to unit stride; every element gets the same bits in all four."""
     rng = np.random.default_rng(7)
-    M, K, N = 29, 600, 3 * packed.lanes(dtype)  # two k-blocks; the last panel narrower than NR
+    M, K, N = packed.MC + 29, 600, 3 * packed.lanes(dtype)  # two row blocks and two k-blocks, the last of each
+    # partial, and a partial row tile; the last panel narrower than NR
     a = rng.standard_normal((K, M)).astype(dtype).T  # strided along k, like dA^T
     b = rng.standard_normal((K, N)).astype(dtype)
     strided = np.empty((K, N + 1), dtype)[:, :N]  # the same values, not C-ordered: packed always
@@ -128,6 +129,22 @@ def test_every_operand_layout_gives_the_same_bits(dtype, monkeypatch):
         for r in results[1:]:
             np.testing.assert_array_equal(r, results[0])
         np.testing.assert_allclose(results[0], want, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+def test_choose_layout_times_each_layout_and_puts_the_fastest_in_force(monkeypatch):
+    """:func:`packed.choose_layout` times the whole products under every layout of
+    :data:`packed.LAYOUTS` and leaves the one with the shortest median in force."""
+    monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
+    monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
+    for rows in (40, 5000):  # the rows are capped: the second times 2048
+        best, med = packed.choose_layout(rows, 4, 24, np.float32, rounds=2)
+        assert set(med) == set(packed.LAYOUTS) and all(t > 0 for t in med.values())
+        assert best == min(med, key=med.get) and packed.layout() == best
+        assert (packed.B_IN_PLACE, packed.COPY_A) == packed.LAYOUTS[best]
+    packed.set_layout("in place")
+    assert packed.layout() == "in place"
+    packed.B_IN_PLACE, packed.COPY_A = False, False
+    assert packed.layout() == "mixed"
 
 
 def test_the_layers_products_follow_the_loop_settings(monkeypatch):

@@ -23,7 +23,10 @@ checkpoints, so a resumed run continues with the same bits.
 alternating the candidates over a few rounds, keeps the fastest by median and remembers it for
 this machine and model shape (:func:`cache_path`): later runs of the same shape take it without
 timing, and so compute the same bits as the first (a choice timed while other work filled the
-cores is used for that run only, :func:`busy_load`). ``plan="measure"`` times again;
+cores is used for that run only, :func:`busy_load`). Before the candidates, where some of them
+run the packed kernel, the operand layout of its whole-sequence products is timed at the
+model's shapes and the faster kept (:func:`layout`; it changes the speed, not the bits) and
+remembered with the plan. ``plan="measure"`` times again;
 ``plan="NAME"`` forces a kind. Only the candidates that can run are timed: the packed kinds need
 numba, the split kinds at least :data:`~rnnlab.lm.shards.MIN_ROWS` rows per shard, and a model
 that is not recurrent (or a CuPy run) has only ``blas``.
@@ -206,12 +209,30 @@ def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3,
     return {p: statistics.median(ts) for p, ts in times.items()}
 
 
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def layout(model, batch: int, seq_len: int) -> str:
+    """Time the packed kernel's operand layouts for the whole-sequence products at ``model``'s
+    shapes and put the fastest in force (:func:`rnnlab.nn.packed.choose_layout`; every layout
+    gives the same bits). Which one wins depends on the CPU's caches, not only its vector ISA:
+    at LSTM config C, ``dA^T h`` ran at 46-51 GFLOP/s in place and 75-96 copied on an Intel Ice
+    Lake (AVX-512), where the Zen 4 development machine (AVX-512) lost 7-10 % by the copy."""
+    from ..nn import packed
+
+    name, _ = packed.choose_layout(batch * seq_len, GATES[model.cell], model.hidden, model.param_dtype)
+    return name
+
+
 def fastest(model, batch: int, seq_len: int, threads: int) -> tuple[Plan, dict[Plan, float]]:
     """The fastest of :func:`candidates` by :func:`measure`, and the timings (none when there is
-    only one candidate)."""
+    only one candidate). Where a candidate runs the packed kernel, its operand layout is chosen
+    first (:func:`layout`) and stays in force."""
     options = candidates(model, batch, threads)
     if len(options) == 1:
         return options[0], {}
+    if any(p.gemm == "packed" for p in options):
+        layout(model, batch, seq_len)
     timed = measure(model, options, batch, seq_len)
     return min(timed, key=timed.get), timed
 
@@ -264,6 +285,10 @@ def _cache_write(key: str, plan: Plan, timed: dict) -> None:
     data = _cache_read()
     data[key] = {**plan.to_dict(), "timings_ms": {p.label: round(t * 1e3, 3) for p, t in timed.items()},
                  "date": time.strftime("%Y-%m-%d %H:%M")}
+    if plan.gemm == "packed":
+        from ..nn import packed
+
+        data[key]["layout"] = packed.layout()
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cache_path(), data)
@@ -289,8 +314,10 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
         if chosen.gemm == "packed" and backend.xp is np and not cells.numba_enabled():
             raise RnnlabError(f"--plan {plan} needs numba, which is off here (RNNLAB_NO_NUMBA, or it could not be "
                               "loaded); choose blas or split")
+        if chosen.gemm == "packed" and backend.xp is np and getattr(model, "cell", None) in GATES:
+            layout(model, batch, seq_len)
         if log:
-            log(f"plan: {chosen.describe()} (as asked)")
+            log(f"plan: {chosen.describe()}{_layout_note(chosen)} (as asked)")
         return chosen
     options = candidates(model, batch, n)
     if len(options) == 1:
@@ -303,19 +330,38 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
         except ValueError:
             chosen = None
         if chosen in options:
+            if chosen.gemm == "packed" and hit.get("layout") in _layouts():
+                from ..nn import packed
+
+                packed.set_layout(hit["layout"])
             if log:
-                log(f"plan: {chosen.describe()}, the fastest when measured on this machine for this model on "
-                    f"{hit.get('date', '?')} (--plan measure times the candidates again)")
+                log(f"plan: {chosen.describe()}{_layout_note(chosen)}, the fastest when measured on this machine for "
+                    f"this model on {hit.get('date', '?')} (--plan measure times the candidates again)")
             return chosen
     busy = busy_load()
     chosen, timed = fastest(model, batch, seq_len, n)
     if busy is None:
         _cache_write(key, chosen, timed)
     if log:
-        log(f"plan: {chosen.describe()}, the fastest of " + ", ".join(
+        log(f"plan: {chosen.describe()}{_layout_note(chosen)}, the fastest of " + ", ".join(
             f"{p.label} {timed[p] * 1e3:.1f} ms" for p in sorted(timed, key=timed.get)) + " per step (forward + backward)"
             + (f"; the machine is busy ({busy}), so this choice is for this run only, not remembered" if busy else ""))
     return chosen
+
+
+def _layouts() -> tuple[str, ...]:
+    from ..nn import packed
+
+    return tuple(packed.LAYOUTS)
+
+
+def _layout_note(plan: Plan) -> str:
+    """`` (operands copied)`` or `` (operands in place)`` for a packed plan, else nothing."""
+    if plan.gemm != "packed":
+        return ""
+    from ..nn import packed
+
+    return f" (operands {packed.layout()})"
 
 
 def busy_load() -> str | None:

@@ -46,7 +46,8 @@ from .corpus import Corpus
 from .evaluate import evaluate
 from .progress import make_progress
 from .rundir import RunDir
-from .plan import Plan, choose as choose_plan
+from ..nn.cells import numba_enabled
+from .plan import Plan, choose as choose_plan, layout as plan_layout
 from .shards import BatchShards, blas_limit, usable_cores
 
 FORMAT = "rnnlab-run"
@@ -142,6 +143,7 @@ class Trainer:
         # how a step uses the threads (plan.py): chosen at the start of fit() unless a resume set
         # it; kept in the checkpoint, so that a resumed run computes with the same bits
         self.plan: Plan | None = None
+        self._layout_timed = False
         self.state = None
         self.step = 0
         self.elapsed = 0.0
@@ -322,11 +324,16 @@ class Trainer:
 
     def make_plan(self) -> Plan:
         """The run's parallel plan: a resumed run's, else the one :func:`rnnlab.lm.plan.choose`
-        picks for the ``threads`` and ``plan`` options (it says which in the log when showing progress)."""
+        picks for the ``threads`` and ``plan`` options (it says which in the log when showing progress).
+        A resumed packed plan has its operand layout timed again (:func:`rnnlab.lm.plan.layout`;
+        the same bits in every layout)."""
+        cfg = self.cfg
         if self.plan is None:
-            cfg = self.cfg
             self.plan = choose_plan(self.model, cfg.batch, self._step_len(), cfg.threads, cfg.plan,
                                     log=self.log if self.progress else None)
+        elif not self._layout_timed and self.plan.gemm == "packed" and backend.xp is np and numba_enabled():
+            plan_layout(self.model, cfg.batch, self._step_len())
+        self._layout_timed = True
         return self.plan
 
     def _step_len(self) -> int:

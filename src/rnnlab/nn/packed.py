@@ -275,53 +275,114 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------ whole matrices
 @njit(**_OPTS)
 def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a):
-    """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel, in :func:`gemm`'s blocks of ``k`` but
-    with the loops over row tiles and panels the other way round: a tile's rows of ``a`` (a strip
-    of ``MR x KC``) stay in the L1 cache while every panel is multiplied by them, and the panels
-    stream through in order. For these whole-sequence products (``T B`` rows of ``a``, or as many
-    columns of ``B``) the panel-outer order of :func:`gemm` reads all of ``a``'s block again for
-    each panel. At the LSTM shapes of configs A-C (``x W^T``, ``dA^T h``, ``dA W``; one thread,
-    ``benchmarks/whole_gemms.py``) this order runs at 89-112 GFLOP/s against 78-114 (faster in
-    seven of nine shapes, within 2 % in the other two), and a two-layer LSTM step at config A
-    took 31.6 ms instead of 35.0. The per-step products, with a few rows of ``a``, keep
-    :func:`gemm`'s order (each panel stays in L1 across their row tiles). Each element is summed
-    the same way in either order: same bits. ``copy_a``: each tile's strip of ``a`` is copied,
-    k-major, to a unit-stride buffer first (see :data:`COPY_A`; same bits)."""
+    """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel, in :func:`gemm`'s blocks of ``k`` and,
+    inside each, in blocks of :data:`MC` rows: for each block, every panel, then the block's row
+    tiles. A panel's block of ``k`` (``KC x NR``) is read from the L2 cache by the block's tiles
+    one after another, and the block's rows of ``a`` (``MC x KC``) stay in L2 while every panel
+    passes (the loop order of BLIS's macro-kernel). The whole-sequence products have ``T B`` rows
+    of ``a`` (or as many columns of ``B``): :func:`gemm`'s order (all rows per panel) would read
+    all of ``a``'s block again for each panel, and one tile at a time (all panels per tile) reads
+    every panel again from L3 when they do not fit L2 (``x W^T`` at config C: 4 MB of panels).
+    The per-step products, with a few rows of ``a``, keep :func:`gemm`'s order. Each element is
+    summed the same way in any order: same bits. ``copy_a``: a block's rows of ``a`` are copied,
+    tile by tile and k-major, to a unit-stride buffer first (see :data:`COPY_A`; same bits)."""
     a, c = a[r0:r1], c[r0:r1]
     M, K = a.shape[0], P.shape[-2]
     MR = TILE[1]
-    strip = np.empty((KC if copy_a else 0, MR), a.dtype)  # (k, row): a tile's rows of a, k-major
+    strip = np.empty((MC // MR if copy_a else 0, KC, MR), a.dtype)  # (tile, k, row): a block of a, k-major
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         ak = a[:, k0:k1]
-        for r in range(0, M, MR):
-            m = min(MR, M - r)
+        for b0 in range(0, M, MC):
+            b1 = min(M, b0 + MC)
             if copy_a:
-                for k in range(k1 - k0):
-                    if m == MR:  # a constant trip count: unrolled
-                        for i in range(MR):
-                            strip[k, i] = ak[r + i, k]
-                    else:
-                        for i in range(m):
-                            strip[k, i] = ak[r + i, k]
-                at = strip[: k1 - k0].T  # (MR, k1 - k0), unit stride along the rows
-            else:
-                at = ak[r:]
+                for r in range(b0, b1, MR):
+                    m, s = min(MR, b1 - r), strip[(r - b0) // MR]
+                    for k in range(k1 - k0):
+                        if m == MR:  # a constant trip count: unrolled
+                            for i in range(MR):
+                                s[k, i] = ak[r + i, k]
+                        else:
+                            for i in range(m):
+                                s[k, i] = ak[r + i, k]
             for p in range(pcol.shape[0]):
                 col, w = pcol[p], pw[p]
-                _tile(at, _panel(P, p, col, w, k0, k1), c[r:, col:], m, w, add or k0 > 0)
+                panel = _panel(P, p, col, w, k0, k1)
+                for r in range(b0, b1, MR):
+                    m = min(MR, b1 - r)
+                    if copy_a:  # (MR, k1 - k0), unit stride along the rows
+                        _tile(strip[(r - b0) // MR, : k1 - k0].T, panel, c[r:, col:], m, w, add or k0 > 0)
+                    else:
+                        _tile(ak[r:], panel, c[r:, col:], m, w, add or k0 > 0)
+
+
+MC = 16 * TILE[1]
+"""Rows of ``a`` per block in the whole-sequence products (:func:`_rows`): 96 with six-row tiles,
+``MC x KC`` floats = 192 KB, which stays in the L2 cache beside a panel's block."""
 
 
 B_IN_PLACE = VECTOR_BYTES * TILE[0] >= 256
-"""The whole products read a C-ordered ``b`` in place (no packed copy) when a panel's row spans
-at least four cache lines: the 256-byte panels of AVX-512. The 64-byte panels of AVX2, read in
-place from ``b``'s rows kilobytes apart, fall into a few cache sets: ``dA W`` at config C (forced
-AVX2 on the Zen 4 development machine, one thread) ran at 69 GFLOP/s in place and 98 packed."""
+"""The whole products read a C-ordered ``b`` in place (no packed copy); else they pack it. The
+default is the vector ISA's (in place with the 256-byte panels of AVX-512); :func:`choose_layout`
+measures instead. The 64-byte panels of AVX2, read in place from ``b``'s rows kilobytes apart,
+fall into a few cache sets: ``dA W`` at config C (forced AVX2 on the Zen 4 development machine,
+one thread) ran at 69 GFLOP/s in place and 98 packed."""
 COPY_A = not B_IN_PLACE
-"""With the AVX2 tiles, a transposed ``a`` (``dA^T``, its rows ``G H`` floats apart) is copied a
-tile's strip at a time to unit stride: ``dA^T h`` at config C 50 -> 96 GFLOP/s together with
-packing ``h`` (OpenBLAS's Haswell kernel: 107). With the AVX-512 tiles the copy costs 7-10 % at
-configs A and B (``dA^T h`` at A: 111 -> 100 GFLOP/s), so it is not made there."""
+"""A transposed ``a`` (``dA^T``, its rows ``G H`` floats apart) is copied a tile's strip at a time
+to unit stride (default: with the AVX2 tiles; :func:`choose_layout` measures instead). Forced
+AVX2 on Zen 4: ``dA^T h`` at config C 50 -> 96 GFLOP/s together with packing ``h`` (OpenBLAS's
+Haswell kernel: 107); with the AVX-512 tiles on Zen 4 the copy cost 7-10 % at configs A and B
+(``dA^T h`` at A: 111 -> 100 GFLOP/s), on an Intel Ice Lake it gained 20-90 % at B and C."""
+
+LAYOUTS = {"in place": (True, False), "copied": (False, True)}
+"""The operand layouts :func:`choose_layout` times: ``(B_IN_PLACE, COPY_A)``."""
+
+
+def layout() -> str:
+    """The name of the layout in force (``"mixed"`` for a combination not in :data:`LAYOUTS`)."""
+    return next((k for k, v in LAYOUTS.items() if v == (B_IN_PLACE, COPY_A)), "mixed")
+
+
+def set_layout(name: str) -> None:
+    """Put the layout ``name`` (a key of :data:`LAYOUTS`) in force for this process's whole
+    products. Every layout gives the same bits: only the speed changes."""
+    global B_IN_PLACE, COPY_A
+    B_IN_PLACE, COPY_A = LAYOUTS[name]
+
+
+def choose_layout(rows: int, gates: int, hidden: int, dtype=np.float32, rounds: int = 3,
+                  max_rows: int = 2048) -> tuple[str, dict[str, float]]:
+    """Time the whole products that the layouts change, at a recurrent layer's shapes, under each
+    of :data:`LAYOUTS`, put the fastest in force (:func:`set_layout`) and return its name and the
+    seconds per layout (median of ``rounds`` alternating rounds after one untimed call each)::
+
+        dW  dA^T h   (G H, N) x (N, H)      a transposed, b C-ordered: both choices matter
+        dX  dA W     (N, G H) x (G H, H)    b C-ordered
+
+    ``N = rows`` (``T B``), capped at ``max_rows``: the layouts change how ``a``'s strips and
+    ``b``'s panels sit in the caches, which the ``k`` blocks and the row blocks decide, not the
+    number of rows. On one thread; the arrays are random."""
+    import time
+
+    rng = np.random.default_rng(0)
+    n, gh = max(1, min(rows, max_rows)), gates * hidden
+    dA = rng.standard_normal((n, gh)).astype(dtype)
+    h = rng.standard_normal((n, hidden)).astype(dtype)
+    W = rng.standard_normal((gh, hidden)).astype(dtype)
+    dW, dX = np.empty((gh, hidden), dtype), np.empty((n, hidden), dtype)
+    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    for r in range(rounds + 1):
+        for name in LAYOUTS:
+            set_layout(name)
+            t0 = time.perf_counter()
+            matmul(dA.T, h, dW)
+            matmul(dA, W, dX)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    med = {name: float(np.median(ts)) for name, ts in times.items()}
+    best = min(med, key=med.get)
+    set_layout(best)
+    return best, med
 
 
 @functools.lru_cache(maxsize=256)
