@@ -1,7 +1,7 @@
 """The whole-sequence GEMMs of a recurrent layer: rnnlab's packed kernel in its two loop orders
 against NumPy's OpenBLAS, one thread, float32.
 
-    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5]
+    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5] [--layout copied]
 
 Besides its per-step products, a layer's training step runs three products over all ``N = T B``
 rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input size ``H``)::
@@ -11,7 +11,8 @@ rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input siz
     dX     dA W_xh    (N, G H) x (G H, H)     the gradient of the layer's input
 
 Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.packed.matmul`
-(row tiles outside, panels inside), under ``blas`` through ``np.matmul``. The column "panels
+(blocks of rows, each over every panel, in the operand layout ``--layout``: by default the vector
+ISA's, as no planner runs here), under ``blas`` through ``np.matmul``. The column "panels
 outside" is the same micro-kernel in :func:`rnnlab.nn.packed.gemm`'s order, which the whole
 products used before: for each block of ``k``, each panel, then every row tile (same bits). GFLOP/s,
 median of ``--rounds`` rounds in which the three run one call each in turn (after one untimed
@@ -54,11 +55,15 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="A,B,C")
     ap.add_argument("--cell", default="lstm", choices=sorted(GATES))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--layout", choices=sorted(packed.LAYOUTS), help="the packed kernel's operand layout "
+                    "(default: the vector ISA's)")
     args = ap.parse_args(argv)
+    if args.layout:
+        packed.set_layout(args.layout)
     rng = np.random.default_rng(0)
     f = np.float32
     print(f"{args.cell}, one thread, float32, GFLOP/s (median of {args.rounds} interleaved rounds): "
-          "packed (rows outside) | packed (panels outside) | OpenBLAS")
+          f"packed (row blocks, operands {packed.layout()}) | packed (panels outside) | OpenBLAS")
     with threadpool_limits(1):
         for cfg in args.configs.split(","):
             B, T, H, _ = CONFIGS[cfg]

@@ -38,6 +38,7 @@ from ..data import LinesBatcher, StreamBatcher, Vocab
 from ..errors import RnnlabError
 from ..io import append_jsonl, atomic_write_json, read_jsonl
 from ..models import build_model
+from ..nn.cells import numba_enabled
 from ..optim import clip_grad_norm, flatten_state, make_optimizer, make_schedule, unflatten_state
 from .checkpoint import _FIX as _CHECKPOINT_FIX
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -46,7 +47,6 @@ from .corpus import Corpus
 from .evaluate import evaluate
 from .progress import make_progress
 from .rundir import RunDir
-from ..nn.cells import numba_enabled
 from .plan import Plan, choose as choose_plan, layout as plan_layout
 from .shards import BatchShards, blas_limit, usable_cores
 

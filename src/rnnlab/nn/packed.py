@@ -203,6 +203,10 @@ KC = 512
 a tile's rows of ``a`` in L1); each block's sum is added to ``c`` after the previous one's, the
 same way for every element."""
 
+MC = 16 * TILE[1]
+"""Rows of ``a`` per block in the whole-sequence products (:func:`_rows`): 96 with six-row tiles,
+``MC x KC`` floats = 192 KB, which stays in the L2 cache beside a panel's block."""
+
 
 def _panel(P, p, col, w, k0, k1):
     """Rows ``k0:k1`` of panel ``p``: of the packed panels ``P (panels, K, NR)``, or, for a 2-D
@@ -314,11 +318,6 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a):
                         _tile(strip[(r - b0) // MR, : k1 - k0].T, panel, c[r:, col:], m, w, add or k0 > 0)
                     else:
                         _tile(ak[r:], panel, c[r:, col:], m, w, add or k0 > 0)
-
-
-MC = 16 * TILE[1]
-"""Rows of ``a`` per block in the whole-sequence products (:func:`_rows`): 96 with six-row tiles,
-``MC x KC`` floats = 192 KB, which stays in the L2 cache beside a panel's block."""
 
 
 B_IN_PLACE = VECTOR_BYTES * TILE[0] >= 256
