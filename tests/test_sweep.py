@@ -215,8 +215,9 @@ def test_sweep_on_a_ray_cluster_gives_the_local_results(text, tmp_path, local_sw
     start = [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
              "--include-dashboard=false", "--disable-usage-stats"]
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray's default for a cluster; its clients must say so
-    subprocess.run(start, check=True, capture_output=True, timeout=180, env=env)
     try:
+        started = subprocess.run(start, capture_output=True, text=True, timeout=180, env=env)
+        assert started.returncode == 0, "ray start failed:\n" + started.stdout[-3000:] + started.stderr[-3000:]
         out = tmp_path / "cluster"
         done = subprocess.run([sys.executable, "-m", "rnnlab", "sweep", str(text), "--out", str(out), *TINY,
                                "--max-steps", "20", *GRID, "--backend", "ray", "--address", f"127.0.0.1:{port}"],
