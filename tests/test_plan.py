@@ -2,6 +2,7 @@
 and that a run keeps its plan across a resume."""
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -334,6 +335,14 @@ def test_a_packed_choice_times_and_remembers_its_operand_layout(tmp_path, monkey
     assert packed.layout() == chosen and f"(operands {chosen})" in lines[-1]
     assert planner.choose(model, 32, 7, plan="blas", log=lines.append) == Plan("blas", 2) and len(timed) == 1
     assert planner.choose(model, 16, 7, plan="split-packed") == Plan("split-packed", 2) and len(timed) == 2
+    # a choice remembered before layouts were timed: the layout is timed once, then remembered
+    data = json.loads(planner.cache_path().read_text())
+    (key,) = data
+    del data[key]["layout"]
+    planner.cache_path().write_text(json.dumps(data), encoding="utf-8")
+    assert planner.choose(model, 32, 7) == Plan("packed", 2) and len(timed) == 3
+    assert json.loads(planner.cache_path().read_text())[key]["layout"] == packed.layout()
+    assert planner.choose(model, 32, 7) == Plan("packed", 2) and len(timed) == 3
 
 
 def test_a_choice_timed_on_a_busy_machine_is_not_remembered(tmp_path, monkeypatch):

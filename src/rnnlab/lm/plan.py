@@ -282,13 +282,20 @@ def _cache_read() -> dict:
 
 
 def _cache_write(key: str, plan: Plan, timed: dict) -> None:
-    data = _cache_read()
-    data[key] = {**plan.to_dict(), "timings_ms": {p.label: round(t * 1e3, 3) for p, t in timed.items()},
-                 "date": time.strftime("%Y-%m-%d %H:%M")}
-    if plan.gemm == "packed":
-        from ..nn import packed
+    entry = {**plan.to_dict(), "timings_ms": {p.label: round(t * 1e3, 3) for p, t in timed.items()},
+             "date": time.strftime("%Y-%m-%d %H:%M")}
+    _cache_put(key, {**entry, "layout": _current_layout()} if plan.gemm == "packed" else entry)
 
-        data[key]["layout"] = packed.layout()
+
+def _current_layout() -> str:
+    from ..nn import packed
+
+    return packed.layout()
+
+
+def _cache_put(key: str, entry: dict) -> None:
+    data = _cache_read()
+    data[key] = entry
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cache_path(), data)
@@ -334,6 +341,10 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
                 from ..nn import packed
 
                 packed.set_layout(hit["layout"])
+            elif chosen.gemm == "packed":  # remembered before the layouts were timed: time them now
+                layout(model, batch, seq_len)
+                if busy_load() is None:
+                    _cache_put(key, {**hit, "layout": _current_layout()})
             if log:
                 log(f"plan: {chosen.describe()}{_layout_note(chosen)}, the fastest when measured on this machine for "
                     f"this model on {hit.get('date', '?')} (--plan measure times the candidates again)")
@@ -357,11 +368,7 @@ def _layouts() -> tuple[str, ...]:
 
 def _layout_note(plan: Plan) -> str:
     """`` (operands copied)`` or `` (operands in place)`` for a packed plan, else nothing."""
-    if plan.gemm != "packed":
-        return ""
-    from ..nn import packed
-
-    return f" (operands {packed.layout()})"
+    return f" (operands {_current_layout()})" if plan.gemm == "packed" else ""
 
 
 def busy_load() -> str | None:
