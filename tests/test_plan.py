@@ -302,11 +302,11 @@ def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):
 
 
 @numba
-def test_a_packed_choice_times_and_remembers_its_operand_layout(tmp_path, monkeypatch):
+def test_the_operand_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch):
     """Before the candidates are timed, the packed kernel's operand layouts are (at the model's
-    shapes); the chosen plan is remembered with the layout then in force, which a later run of
-    the same shape puts in force again without timing; a packed plan named by ``--plan`` has its
-    layout timed too. The log line names the layout."""
+    shapes), and the faster is remembered for this machine and shape: a later run, or a packed
+    plan named by ``--plan``, puts it in force without timing; another shape, ``plan="measure"``
+    or a lost entry times again. The log line names the layout; a non-packed plan has none."""
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
     monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
@@ -330,19 +330,21 @@ def test_a_packed_choice_times_and_remembers_its_operand_layout(tmp_path, monkey
     assert chosen in packed.LAYOUTS and f"(operands {chosen})" in lines[-1]
     other = next(k for k in packed.LAYOUTS if k != chosen)
     packed.set_layout(other)
-    assert packed.layout() == other
     assert planner.choose(model, 32, 7, log=lines.append) == Plan("packed", 2) and len(timed) == 1
     assert packed.layout() == chosen and f"(operands {chosen})" in lines[-1]
-    assert planner.choose(model, 32, 7, plan="blas", log=lines.append) == Plan("blas", 2) and len(timed) == 1
+    packed.set_layout(other)
+    assert planner.choose(model, 32, 7, plan="packed", log=lines.append) == Plan("packed", 2) and len(timed) == 1
+    assert packed.layout() == chosen and f"(operands {chosen})" in lines[-1]
+    assert planner.choose(model, 32, 7, plan="blas", log=lines.append) == Plan("blas", 2) and "operands" not in lines[-1]
     assert planner.choose(model, 16, 7, plan="split-packed") == Plan("split-packed", 2) and len(timed) == 2
-    # a choice remembered before layouts were timed: the layout is timed once, then remembered
+    assert planner.choose(model, 32, 7, plan="measure") == Plan("packed", 2) and len(timed) == 3
     data = json.loads(planner.cache_path().read_text())
-    (key,) = data
-    del data[key]["layout"]
+    layouts = [k for k, v in data.items() if "layout" in v]
+    assert len(layouts) == 2 and all(data[k]["layout"] in packed.LAYOUTS for k in layouts)
+    for k in layouts:
+        del data[k]
     planner.cache_path().write_text(json.dumps(data), encoding="utf-8")
-    assert planner.choose(model, 32, 7) == Plan("packed", 2) and len(timed) == 3
-    assert json.loads(planner.cache_path().read_text())[key]["layout"] == packed.layout()
-    assert planner.choose(model, 32, 7) == Plan("packed", 2) and len(timed) == 3
+    assert planner.choose(model, 32, 7) == Plan("packed", 2) and len(timed) == 4  # the plan kept, the layout timed
 
 
 def test_a_choice_timed_on_a_busy_machine_is_not_remembered(tmp_path, monkeypatch):

@@ -26,7 +26,8 @@ timing, and so compute the same bits as the first (a choice timed while other wo
 cores is used for that run only, :func:`busy_load`). Before the candidates, where some of them
 run the packed kernel, the operand layout of its whole-sequence products is timed at the
 model's shapes and the faster kept (:func:`layout`; it changes the speed, not the bits) and
-remembered with the plan. ``plan="measure"`` times again;
+remembered for that shape; a remembered or named packed plan takes the remembered layout (or
+times it, once). ``plan="measure"`` times again;
 ``plan="NAME"`` forces a kind. Only the candidates that can run are timed: the packed kinds need
 numba, the split kinds at least :data:`~rnnlab.lm.shards.MIN_ROWS` rows per shard, and a model
 that is not recurrent (or a CuPy run) has only ``blas``.
@@ -147,12 +148,15 @@ class Plan:
         return cls(str(d.get("kind")), d["threads"])
 
 
+def _recurrent(model) -> bool:
+    return getattr(model, "cell", None) in ("rnn", "lstm", "gru")
+
+
 def candidates(model, batch: int, threads: int) -> list[Plan]:
     """The plans that can run ``model`` on ``threads`` threads with ``batch`` rows here (and the
     packed plan on one thread: a model so small that a team's barrier at every time step costs
     more than the second thread gives is faster on one)."""
-    recurrent = getattr(model, "cell", None) in ("rnn", "lstm", "gru")
-    if not recurrent or backend.xp is not np:
+    if not _recurrent(model) or backend.xp is not np:
         return [Plan("blas", threads)]
     numba = cells.numba_enabled()
     plans = [Plan("blas", threads)]
@@ -209,30 +213,43 @@ def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3,
     return {p: statistics.median(ts) for p, ts in times.items()}
 
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
-def layout(model, batch: int, seq_len: int) -> str:
-    """Time the packed kernel's operand layouts for the whole-sequence products at ``model``'s
-    shapes and put the fastest in force (:func:`rnnlab.nn.packed.choose_layout`; every layout
-    gives the same bits). Which one wins depends on the CPU's caches, not only its vector ISA:
-    at LSTM config C, ``dA^T h`` ran at 46-51 GFLOP/s in place and 75-96 copied on an Intel Ice
-    Lake (AVX-512), where the Zen 4 development machine (AVX-512) lost 7-10 % by the copy."""
+def layout(model, batch: int, seq_len: int, again: bool = False) -> str | None:
+    """Put in force the packed kernel's operand layout for the whole-sequence products at
+    ``model``'s shapes (:data:`rnnlab.nn.packed.LAYOUTS`; every layout gives the same bits) and
+    return its name: the one remembered for this machine and shape (:func:`cache_path`), or, with
+    none or ``again``, the faster when timed now (:func:`rnnlab.nn.packed.choose_layout`), which
+    is then remembered (unless the machine is busy, :func:`busy_load`). None, doing nothing, where
+    the packed kernel does not run this model. Which layout wins depends on the CPU's caches, not
+    only its vector ISA: at LSTM config C, ``dA^T h`` ran at 46-51 GFLOP/s in place and 75-96
+    copied on an Intel Ice Lake (AVX-512), where the Zen 4 development machine (AVX-512) lost
+    7-10 % by the copy."""
+    if not (_recurrent(model) and backend.xp is np and cells.numba_enabled()):
+        return None
     from ..nn import packed
 
-    name, _ = packed.choose_layout(batch * seq_len, GATES[model.cell], model.hidden, model.param_dtype)
+    rows, gates = batch * seq_len, model.rnn.gates
+    key = json.dumps({"machine": _machine(), "layout": [rows, gates, model.hidden, model.param_dtype.name]})
+    entry = None if again else _cache_read().get(key)
+    name = entry.get("layout") if isinstance(entry, dict) else None
+    if name in packed.LAYOUTS:
+        packed.set_layout(name)
+        return name
+    name, timed = packed.choose_layout(rows, gates, model.hidden, model.param_dtype)
+    if busy_load() is None:
+        _cache_put(key, {"layout": name, "timings_ms": {k: round(t * 1e3, 3) for k, t in timed.items()},
+                         "date": time.strftime("%Y-%m-%d %H:%M")})
     return name
 
 
 def fastest(model, batch: int, seq_len: int, threads: int) -> tuple[Plan, dict[Plan, float]]:
     """The fastest of :func:`candidates` by :func:`measure`, and the timings (none when there is
     only one candidate). Where a candidate runs the packed kernel, its operand layout is chosen
-    first (:func:`layout`) and stays in force."""
+    first (:func:`layout`, timed again) and stays in force."""
     options = candidates(model, batch, threads)
     if len(options) == 1:
         return options[0], {}
     if any(p.gemm == "packed" for p in options):
-        layout(model, batch, seq_len)
+        layout(model, batch, seq_len, again=True)
     timed = measure(model, options, batch, seq_len)
     return min(timed, key=timed.get), timed
 
@@ -282,15 +299,8 @@ def _cache_read() -> dict:
 
 
 def _cache_write(key: str, plan: Plan, timed: dict) -> None:
-    entry = {**plan.to_dict(), "timings_ms": {p.label: round(t * 1e3, 3) for p, t in timed.items()},
-             "date": time.strftime("%Y-%m-%d %H:%M")}
-    _cache_put(key, {**entry, "layout": _current_layout()} if plan.gemm == "packed" else entry)
-
-
-def _current_layout() -> str:
-    from ..nn import packed
-
-    return packed.layout()
+    _cache_put(key, {**plan.to_dict(), "timings_ms": {p.label: round(t * 1e3, 3) for p, t in timed.items()},
+                     "date": time.strftime("%Y-%m-%d %H:%M")})
 
 
 def _cache_put(key: str, entry: dict) -> None:
@@ -321,7 +331,7 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
         if chosen.gemm == "packed" and backend.xp is np and not cells.numba_enabled():
             raise RnnlabError(f"--plan {plan} needs numba, which is off here (RNNLAB_NO_NUMBA, or it could not be "
                               "loaded); choose blas or split")
-        if chosen.gemm == "packed" and backend.xp is np and getattr(model, "cell", None) in GATES:
+        if chosen.gemm == "packed":
             layout(model, batch, seq_len)
         if log:
             log(f"plan: {chosen.describe()}{_layout_note(chosen)} (as asked)")
@@ -337,14 +347,8 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
         except ValueError:
             chosen = None
         if chosen in options:
-            if chosen.gemm == "packed" and hit.get("layout") in _layouts():
-                from ..nn import packed
-
-                packed.set_layout(hit["layout"])
-            elif chosen.gemm == "packed":  # remembered before the layouts were timed: time them now
+            if chosen.gemm == "packed":
                 layout(model, batch, seq_len)
-                if busy_load() is None:
-                    _cache_put(key, {**hit, "layout": _current_layout()})
             if log:
                 log(f"plan: {chosen.describe()}{_layout_note(chosen)}, the fastest when measured on this machine for "
                     f"this model on {hit.get('date', '?')} (--plan measure times the candidates again)")
@@ -360,15 +364,13 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
     return chosen
 
 
-def _layouts() -> tuple[str, ...]:
-    from ..nn import packed
-
-    return tuple(packed.LAYOUTS)
-
-
 def _layout_note(plan: Plan) -> str:
     """`` (operands copied)`` or `` (operands in place)`` for a packed plan, else nothing."""
-    return f" (operands {_current_layout()})" if plan.gemm == "packed" else ""
+    if plan.gemm != "packed":
+        return ""
+    from ..nn import packed
+
+    return f" (operands {packed.layout()})"
 
 
 def busy_load() -> str | None:

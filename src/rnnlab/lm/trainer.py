@@ -38,7 +38,6 @@ from ..data import LinesBatcher, StreamBatcher, Vocab
 from ..errors import RnnlabError
 from ..io import append_jsonl, atomic_write_json, read_jsonl
 from ..models import build_model
-from ..nn.cells import numba_enabled
 from ..optim import clip_grad_norm, flatten_state, make_optimizer, make_schedule, unflatten_state
 from .checkpoint import _FIX as _CHECKPOINT_FIX
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -143,7 +142,7 @@ class Trainer:
         # how a step uses the threads (plan.py): chosen at the start of fit() unless a resume set
         # it; kept in the checkpoint, so that a resumed run computes with the same bits
         self.plan: Plan | None = None
-        self._layout_timed = False
+        self._layout_set = False
         self.state = None
         self.step = 0
         self.elapsed = 0.0
@@ -325,15 +324,15 @@ class Trainer:
     def make_plan(self) -> Plan:
         """The run's parallel plan: a resumed run's, else the one :func:`rnnlab.lm.plan.choose`
         picks for the ``threads`` and ``plan`` options (it says which in the log when showing progress).
-        A resumed packed plan has its operand layout timed again (:func:`rnnlab.lm.plan.layout`;
-        the same bits in every layout)."""
+        A resumed packed plan takes its operand layout (:func:`rnnlab.lm.plan.layout`: remembered
+        for this machine and shape, else timed; the same bits in every layout)."""
         cfg = self.cfg
         if self.plan is None:
             self.plan = choose_plan(self.model, cfg.batch, self._step_len(), cfg.threads, cfg.plan,
                                     log=self.log if self.progress else None)
-        elif not self._layout_timed and self.plan.gemm == "packed" and backend.xp is np and numba_enabled():
+        elif not self._layout_set and self.plan.gemm == "packed":
             plan_layout(self.model, cfg.batch, self._step_len())
-        self._layout_timed = True
+        self._layout_set = True
         return self.plan
 
     def _step_len(self) -> int:

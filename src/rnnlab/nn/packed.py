@@ -29,6 +29,7 @@ Shapes: ``a (M, K)`` rows with unit column stride; ``W (N, K)`` (``transpose``) 
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 from llvmlite import ir
@@ -361,8 +362,6 @@ def choose_layout(rows: int, gates: int, hidden: int, dtype=np.float32, rounds: 
     ``N = rows`` (``T B``), capped at ``max_rows``: the layouts change how ``a``'s strips and
     ``b``'s panels sit in the caches, which the ``k`` blocks and the row blocks decide, not the
     number of rows. On one thread; the arrays are random."""
-    import time
-
     rng = np.random.default_rng(0)
     n, gh = max(1, min(rows, max_rows)), gates * hidden
     dA = rng.standard_normal((n, gh)).astype(dtype)
