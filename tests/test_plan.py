@@ -239,7 +239,7 @@ def test_resume_with_another_plan_says_whether_the_bits_change(tmp_path, capsys)
         assert main(["train", str(text), "--out", str(tmp_path / "team"), "--resume", "--threads", "3",
                      "--max-steps", "5", "--plan", "packed"]) == 0
         out = capsys.readouterr().out
-        assert re.search(r"plan: packed on 3 threads \(operands [a-z ]+\) \(as asked\)", out)
+        assert re.search(r"plan: packed on 3 threads \(operands [a-z ]+, \dx\d tiles\) \(as asked\)", out)
         assert "no longer bit-identical" not in out
 
 
@@ -302,22 +302,30 @@ def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):
 
 
 @numba
-def test_the_operand_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch):
-    """Before the candidates are timed, the packed kernel's operand layouts are (at the model's
-    shapes), and the faster is remembered for this machine and shape: a later run, or a packed
-    plan named by ``--plan``, puts it in force without timing; another shape, ``plan="measure"``
-    or a lost entry times again. The log line names the layout; a non-packed plan has none."""
+def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch):
+    """Before the candidates are timed, the packed kernel's layouts (tile and operands) are, on
+    the model's training step by the packed plan on one thread, and the fastest is remembered for
+    this machine and shape: a later run, or a packed plan named by ``--plan``, puts it in force
+    without timing; another shape, ``plan="measure"`` or a lost entry times again. The timing
+    leaves the model's gradients at zero. The log line names the layout; a non-packed plan has none."""
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
     monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
     monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
     monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
+    monkeypatch.setattr(packed, "TILE", packed.TILE)
     timed = []
     real = packed.choose_layout
 
-    def choose_layout(rows, gates, hidden, dtype, **kw):
-        timed.append((rows, gates, hidden, np.dtype(dtype)))
-        return real(rows, gates, hidden, dtype, rounds=1)
+    def choose_layout(run, **kw):
+        timed.append(run)
+        tiles = []
+        real_matmul = packed.matmul
+        monkeypatch.setattr(packed, "matmul", lambda *a, **k: tiles.append(packed.TILE) or real_matmul(*a, **k))
+        best = real(run, rounds=1, min_seconds=0)
+        monkeypatch.setattr(packed, "matmul", real_matmul)
+        assert set(tiles) == {0, 1}  # the step's whole products ran under each tile
+        return best
 
     monkeypatch.setattr(packed, "choose_layout", choose_layout)
     monkeypatch.setattr(planner, "measure", lambda m, plans, b, t, **kw: {p: 0.0 if p == Plan("packed", 2) else 1.0
@@ -325,7 +333,7 @@ def test_the_operand_layout_is_timed_once_per_shape_and_remembered(tmp_path, mon
     model = _model("lstm", "float32")
     lines = []
     assert planner.choose(model, 32, 7, log=lines.append) == Plan("packed", 2)
-    assert timed == [(32 * 7, 4, 20, np.dtype(np.float32))]
+    assert len(timed) == 1 and all(not g.any() for g in model.grads.values())
     chosen = packed.layout()
     assert chosen in packed.LAYOUTS and f"(operands {chosen})" in lines[-1]
     other = next(k for k in packed.LAYOUTS if k != chosen)

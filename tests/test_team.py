@@ -7,6 +7,7 @@ thread; a failing member stops the others instead of leaving them waiting.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -23,24 +24,24 @@ from layer_outputs import layer_outputs  # noqa: E402
 pytestmark = pytest.mark.skipif(not cells.numba_enabled(), reason="the numba kernels are off (RNNLAB_NO_NUMBA)")
 
 
-def _packed_product(a, W, transpose, segments):
-    """``a @ W^T`` (``transpose``) or ``a @ W`` by the packed GEMM, panels cut from ``segments``
-    (each column outside every segment stays NaN)."""
-    nr = packed.panel_width(a.dtype)
+def _packed_product(a, W, transpose, segments, tile=0):
+    """``a @ W^T`` (``transpose``) or ``a @ W`` by the packed GEMM with the tile ``packed.TILES[tile]``,
+    panels cut from ``segments`` (each column outside every segment stays NaN)."""
+    nr = packed.panel_width(a.dtype, tile)
     pcol, pw = packed.panels(segments, nr)
     K = W.shape[1] if transpose else W.shape[0]
     N = W.shape[0] if transpose else W.shape[1]
     P = np.empty((len(pcol), K, nr), a.dtype)
     packed.pack(W, transpose, pcol, pw, P, 0, len(pcol))
     c = np.full((a.shape[0], N), np.nan, a.dtype)
-    packed.gemm(a, P, pcol, pw, c, 0, len(pcol))
+    packed.gemm(a, P, pcol, pw, c, 0, len(pcol), tile)
     return c
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (5, 3, 7), (7, 33, 129), (13, 64, 70), (32, 40, 160)])
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (5, 3, 7), (7, 33, 129), (13, 64, 70), (32, 40, 160), (17, 520, 50)])
 @pytest.mark.parametrize("transpose", [True, False])
-def test_packed_gemm_is_a_gemm(dtype, M, K, N, transpose):
+def test_packed_gemm_is_a_gemm_with_either_tile_and_the_same_bits(dtype, M, K, N, transpose):
     rng = np.random.default_rng(M * 1000 + K * 10 + N)
     a = rng.standard_normal((M, K)).astype(dtype)
     W = rng.standard_normal((N, K) if transpose else (K, N)).astype(dtype)
@@ -48,6 +49,8 @@ def test_packed_gemm_is_a_gemm(dtype, M, K, N, transpose):
     got = _packed_product(a, W, transpose, [(0, N)])
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(K))
+    assert len(packed.TILES) == 2 and packed.panel_width(dtype, 0) != packed.panel_width(dtype, 1)
+    np.testing.assert_array_equal(_packed_product(a, W, transpose, [(0, N)], tile=1), got)
 
 
 def test_packed_gemm_on_strided_rows_and_column_blocks():
@@ -98,14 +101,15 @@ def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_operand_layout_gives_the_same_bits(dtype, monkeypatch):
-    """The whole products' operand layouts (:data:`packed.B_IN_PLACE`, :data:`packed.COPY_A`, set
-    by the vector ISA): a C-ordered ``b`` whose columns fill whole vectors is read where it is
-    (the weight gradients' ``h`` has ``T B`` rows) or packed first, and the strips of a transposed
-    ``a`` are read in place or copied to unit stride; every element gets the same bits in all four."""
+def test_every_layout_gives_the_same_bits(dtype, monkeypatch):
+    """The whole products' layouts (:data:`packed.B_IN_PLACE`, :data:`packed.COPY_A`,
+    :data:`packed.TILE`): a C-ordered ``b`` whose columns fill whole vectors is read where it is
+    (the weight gradients' ``h`` has ``T B`` rows) or packed first, the strips of a transposed
+    ``a`` are read in place or copied to unit stride, under either register tile; every element
+    gets the same bits in all eight."""
     rng = np.random.default_rng(7)
-    M, K, N = packed.MC + 29, 600, 3 * packed.lanes(dtype)  # two row blocks and two k-blocks, the last of each
-    # partial, and a partial row tile; the last panel narrower than NR
+    M, K, N = packed.MC * 8 + 29, 600, 5 * packed.lanes(dtype)  # two row blocks and two k-blocks, the last
+    # of each partial, and a partial row tile; the last panel narrower than NR, for either tile
     a = rng.standard_normal((K, M)).astype(dtype).T  # strided along k, like dA^T
     b = rng.standard_normal((K, N)).astype(dtype)
     strided = np.empty((K, N + 1), dtype)[:, :N]  # the same values, not C-ordered: packed always
@@ -117,32 +121,44 @@ def test_every_operand_layout_gives_the_same_bits(dtype, monkeypatch):
     for add in (False, True):
         want = (base if add else 0) + a.astype(np.float64) @ b.astype(np.float64)
         results = []
-        for in_place in (True, False):
-            for copy_a in (True, False):
-                monkeypatch.setattr(packed, "B_IN_PLACE", in_place)
-                monkeypatch.setattr(packed, "COPY_A", copy_a)
-                results.append(packed.matmul(a, b, base.copy(), add))
-                assert packs == ([] if in_place else [(K, N)])
-                packs.clear()
-                results.append(packed.matmul(a, strided, base.copy(), add))
-                assert packs.pop() == (K, N)
+        for in_place, copy_a, tile in itertools.product((True, False), (True, False), range(len(packed.TILES))):
+            monkeypatch.setattr(packed, "B_IN_PLACE", in_place)
+            monkeypatch.setattr(packed, "COPY_A", copy_a)
+            monkeypatch.setattr(packed, "TILE", tile)
+            results.append(packed.matmul(a, b, base.copy(), add))
+            assert packs == ([] if in_place else [(K, N)])
+            packs.clear()
+            results.append(packed.matmul(a, strided, base.copy(), add))
+            assert packs.pop() == (K, N)
         for r in results[1:]:
             np.testing.assert_array_equal(r, results[0])
         np.testing.assert_allclose(results[0], want, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
 
 
 def test_choose_layout_times_each_layout_and_puts_the_fastest_in_force(monkeypatch):
-    """:func:`packed.choose_layout` times the whole products under every layout of
-    :data:`packed.LAYOUTS` and leaves the one with the shortest median in force."""
+    """:func:`packed.choose_layout` calls the work once per layout of :data:`packed.LAYOUTS`
+    (operands and tile) untimed, then in alternating rounds, more of them while the calls are
+    short, and leaves the layout with the shortest median in force."""
     monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
     monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
-    for rows in (40, 5000):  # the rows are capped: the second times 2048
-        best, med = packed.choose_layout(rows, 4, 24, np.float32, rounds=2)
-        assert set(med) == set(packed.LAYOUTS) and all(t > 0 for t in med.values())
-        assert best == min(med, key=med.get) and packed.layout() == best
-        assert (packed.B_IN_PLACE, packed.COPY_A) == packed.LAYOUTS[best]
-    packed.set_layout("in place")
-    assert packed.layout() == "in place"
+    monkeypatch.setattr(packed, "TILE", packed.TILE)
+    assert len(packed.LAYOUTS) == 4 and {v[2] for v in packed.LAYOUTS.values()} == {0, 1}
+    fast = list(packed.LAYOUTS)[2]
+    seen = []
+    clock = [0.0]
+    monkeypatch.setattr(packed.time, "perf_counter", lambda: clock[0])
+
+    def run():  # the fast layout takes 0.01 s a call, the others 0.05 s; its call in round 2 takes 0.3 s
+        seen.append(packed.layout())
+        clock[0] += 0.3 if len(seen) == 11 else 0.01 if seen[-1] == fast else 0.05
+    best, med = packed.choose_layout(run, rounds=2, min_seconds=0.9, max_rounds=9)
+    assert best == fast and packed.layout() == fast and (packed.B_IN_PLACE, packed.COPY_A, packed.TILE) == \
+        packed.LAYOUTS[fast]
+    assert seen == list(packed.LAYOUTS) * 5  # one untimed round, then rounds until 0.9 s: 0.16 + 0.45 + 0.16 * 2
+    assert med[fast] == pytest.approx(0.01) and all(med[k] == pytest.approx(0.05) for k in med if k != fast)
+    first = next(iter(packed.LAYOUTS))
+    packed.set_layout(first)
+    assert packed.layout() == first
     packed.B_IN_PLACE, packed.COPY_A = False, False
     assert packed.layout() == "mixed"
 
@@ -232,10 +248,13 @@ def test_a_team_gives_the_bits_of_one_thread_and_the_blas_loop_to_rounding(layer
                                                                            bias):
     args = dict(bidir=bidir, lengths=lengths, bias=bias, kw=kw)
     one = _run(layer_cls, dtype, "packed", 1, **args)
-    for size in (2, 3):
-        split = _run(layer_cls, dtype, "packed", size, **args)
-        for name in one:
-            np.testing.assert_array_equal(split[name], one[name], err_msg=f"team of {size}: {name}")
+    for tile in range(len(packed.TILES)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(packed, "TILE", tile)
+            for size in (1, 2, 3) if tile else (2, 3):
+                split = _run(layer_cls, dtype, "packed", size, **args)
+                for name in one:
+                    np.testing.assert_array_equal(split[name], one[name], err_msg=f"tile {tile}, team of {size}: {name}")
     if timeloop.loops_for(dtype) is not None:  # NumPy's OpenBLAS is there: the BLAS engine to rounding
         ref = _run(layer_cls, dtype, "blas", 1, **args)
         tol = 2e-5 if dtype == np.float32 else 1e-12

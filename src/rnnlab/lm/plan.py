@@ -39,6 +39,7 @@ import os
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,37 +215,69 @@ def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3,
 
 
 def layout(model, batch: int, seq_len: int, again: bool = False) -> str | None:
-    """Put in force the packed kernel's operand layout for the whole-sequence products at
-    ``model``'s shapes (:data:`rnnlab.nn.packed.LAYOUTS`; every layout gives the same bits) and
-    return its name: the one remembered for this machine and shape (:func:`cache_path`), or, with
-    none or ``again``, the faster when timed now (:func:`rnnlab.nn.packed.choose_layout`), which
-    is then remembered (unless the machine is busy, :func:`busy_load`). None, doing nothing, where
-    the packed kernel does not run this model. Which layout wins depends on the CPU's caches, not
-    only its vector ISA: at LSTM config C, ``dA^T h`` ran at 46-51 GFLOP/s in place and 75-96
-    copied on an Intel Ice Lake (AVX-512), where the Zen 4 development machine (AVX-512) lost
-    7-10 % by the copy."""
+    """Put in force the packed kernel's layout for ``model`` (its register tile, and the operand
+    layout of the whole-sequence products: :data:`rnnlab.nn.packed.LAYOUTS`; every layout gives
+    the same bits) and return its name: the one remembered for this machine, model and shape
+    (:func:`cache_path`), or, with none or ``again``, the fastest when the model's training step
+    (the packed plan on one thread, :func:`_packed_step`) is timed now under each
+    (:func:`rnnlab.nn.packed.choose_layout`), which is then remembered (unless the machine is
+    busy, :func:`busy_load`). None, doing nothing, where the packed kernel does not run this
+    model. Which layout wins depends on the CPU's caches and on the shapes, not only on the
+    vector ISA: at LSTM config C, ``dA^T h`` ran at 46-51 GFLOP/s in place and 75-96 copied on an
+    Intel Ice Lake (AVX-512), where the Zen 4 development machine (AVX-512) lost 7-10 % by the
+    copy; on the Ice Lake the 8 x 3 tile ran LSTM's step products 15-30 % faster than the 6 x 4,
+    and the RNN's at ``H = 128`` slower."""
     if not (_recurrent(model) and backend.xp is np and cells.numba_enabled()):
         return None
     from ..nn import packed
 
-    rows, gates = batch * seq_len, model.rnn.gates
-    key = json.dumps({"machine": _machine(), "layout": [rows, gates, model.hidden, model.param_dtype.name]})
+    key = json.dumps({"machine": _machine(), "layout": {"model": model.config(), "batch": batch, "seq_len": seq_len}},
+                     sort_keys=True)
     entry = None if again else _cache_read().get(key)
     name = entry.get("layout") if isinstance(entry, dict) else None
     if name in packed.LAYOUTS:
         packed.set_layout(name)
         return name
-    name, timed = packed.choose_layout(rows, gates, model.hidden, model.param_dtype)
+    with _packed_step(model, batch, seq_len) as step:
+        name, timed = packed.choose_layout(step)
     if busy_load() is None:
         _cache_put(key, {"layout": name, "timings_ms": {k: round(t * 1e3, 3) for k, t in timed.items()},
                          "date": time.strftime("%Y-%m-%d %H:%M")})
     return name
 
 
+LAYOUT_ROWS = 2048
+""":func:`layout` times steps of at most this many rows (``seq_len`` shortened): the layouts
+change how the operands sit in the caches, which the blocks of ``k`` and of rows decide, not the
+length of the sequence."""
+
+
+@contextmanager
+def _packed_step(model, batch: int, seq_len: int):
+    """A zero-argument callable: forward, loss and backward of ``model`` by the packed plan on
+    one thread, on random ids of ``batch`` rows and at most :data:`LAYOUT_ROWS` in all (the
+    model's gradients are zeroed after)."""
+    V, rng = model.vocab_size, np.random.default_rng(0)
+    seq = max(1, min(seq_len, LAYOUT_ROWS // batch))
+    x, y = (backend.asarray(rng.integers(0, V, (seq, batch))) for _ in range(2))
+    state = model.initial_state(backend.xp, batch)
+    runner = Plan("packed", 1).batch_shards(model)
+
+    def step():
+        with blas_limit(1):
+            runner.step(x, y, state, None, np.random.default_rng(0))
+
+    try:
+        yield step
+    finally:
+        runner.close()
+        model.zero_grad()
+
+
 def fastest(model, batch: int, seq_len: int, threads: int) -> tuple[Plan, dict[Plan, float]]:
     """The fastest of :func:`candidates` by :func:`measure`, and the timings (none when there is
-    only one candidate). Where a candidate runs the packed kernel, its operand layout is chosen
-    first (:func:`layout`, timed again) and stays in force."""
+    only one candidate). Where a candidate runs the packed kernel, its layout (tile and operands)
+    is chosen first (:func:`layout`, timed again) and stays in force."""
     options = candidates(model, batch, threads)
     if len(options) == 1:
         return options[0], {}
@@ -365,7 +398,7 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
 
 
 def _layout_note(plan: Plan) -> str:
-    """`` (operands copied)`` or `` (operands in place)`` for a packed plan, else nothing."""
+    """`` (operands copied, 8x3 tiles)`` and the like (:func:`layout`) for a packed plan, else nothing."""
     if plan.gemm != "packed":
         return ""
     from ..nn import packed

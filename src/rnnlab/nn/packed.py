@@ -19,9 +19,10 @@ the CPU numba targets: ``MR`` rows by ``NV`` vectors of ``VW`` lanes held in reg
 whole ``k`` loop, one broadcast of ``a[r, k]`` and one fused multiply-add per vector and row.
 Each ``c`` element is ``fma(a[r, K-1], b[K-1], ... fma(a[r, 0], b[0], 0))``, summed in ``k``
 order whatever the panel, row block or thread that computes it, so results do not depend on how
-the columns or rows are split (they do differ from a BLAS in the last bits). Tile shapes
-(:data:`TILE`) by the vector ISA numba compiles for: AVX-512 (32 registers of 64 bytes), AVX/AVX2
-(16 of 32 bytes), else SSE (16 of 16 bytes).
+the columns or rows are split, nor on the tile shape (they do differ from a BLAS in the last
+bits). Two tile shapes (:data:`TILES`) by the vector ISA numba compiles for: AVX-512 (32
+registers of 64 bytes), AVX/AVX2 (16 of 32 bytes), else SSE (16 of 16 bytes); the one in force
+(:data:`TILE`) is chosen by timing (:func:`choose_layout`).
 
 Shapes: ``a (M, K)`` rows with unit column stride; ``W (N, K)`` (``transpose``) or ``(K, N)``;
 ``P (panels, K, NR)``; ``c (M, N)`` rows with unit column stride. float32 or float64.
@@ -78,8 +79,19 @@ def _vector_bytes() -> int:
 
 
 VECTOR_BYTES = _vector_bytes()
-TILE = {64: (4, 6), 32: (2, 6), 16: (2, 6)}[VECTOR_BYTES]
-"""``(NV, MR)``: vectors per row and rows of one register tile (accumulators ``NV * MR``)."""
+TILES = {64: ((4, 6), (3, 8)), 32: ((2, 6), (3, 4)), 16: ((2, 6), (3, 4))}[VECTOR_BYTES]
+"""The two register tiles ``(NV, MR)`` of the vector ISA: vectors per row and rows (accumulators
+``NV * MR``, beside ``NV`` vectors of the panel and one broadcast; 32 registers with AVX-512, 16
+else). Which is faster depends on the CPU and the shapes, so :func:`choose_layout` times both:
+on an Intel Ice Lake the 8 x 3 tile ran LSTM's per-step products 15-30 % faster than the 6 x 4
+(a row of the panel, read from L2, feeds eight rows instead of six, and 8 divides the usual
+batches), while the RNN's products of ``H = 128`` or ``256`` columns, which 48-column panels cut
+unevenly, ran slower."""
+
+TILE = 0
+"""The index in :data:`TILES` of the tile in force (see :func:`set_layout`)."""
+
+_MR = tuple(mr for nv, mr in TILES)  # rows per tile, by index: a constant of the compiled loops
 
 
 def lanes(dtype) -> int:
@@ -87,14 +99,22 @@ def lanes(dtype) -> int:
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-def panel_width(dtype) -> int:
-    """``NR``: the columns of one packed panel."""
-    return lanes(dtype) * TILE[0]
+def panel_width(dtype, tile: int | None = None) -> int:
+    """``NR``: the columns of one packed panel of tile ``tile`` (default: the one in force)."""
+    return lanes(dtype) * TILES[TILE if tile is None else tile][0]
 
 
 # ------------------------------------------------------------------------------ micro-kernel
-@intrinsic
-def _tile(typingctx, a, panel, c, m, nv, add):
+def _micro_kernel(NV: int, MR: int):
+    """The micro-kernel of the tile ``(NV, MR)``, compiled for ``a``'s dtype (see :func:`_tile_kernel`)."""
+
+    def tile(typingctx, a, panel, c, m, nv, add):
+        return _tile_kernel(NV, MR, a, panel, c, m, nv, add)
+
+    return intrinsic(tile)
+
+
+def _tile_kernel(NV, MR, a, panel, c, m, nv, add):
     """``c[:m, :nv] (+)= a[:m] @ panel[:, :nv]`` for ``1 <= m <= MR``, ``1 <= nv <= NR``: ``a``
     and ``c`` are 2-D views starting at the tile's first row (and column; ``a`` may have any
     strides, ``c`` unit column stride), ``panel (K, >= nv)`` with unit column stride and any row
@@ -106,7 +126,6 @@ def _tile(typingctx, a, panel, c, m, nv, add):
         return None
     if not a.dtype == panel.dtype == c.dtype or a.dtype not in (types.float32, types.float64):
         return None
-    NV, MR = TILE
     VW = VECTOR_BYTES // (a.dtype.bitwidth // 8)
     NR = VW * NV
     sig = types.void(a, panel, c, m, nv, add)
@@ -198,15 +217,28 @@ def _tile(typingctx, a, panel, c, m, nv, add):
     return sig, codegen
 
 
+_tile0, _tile1 = (_micro_kernel(*shape) for shape in TILES)
+
+
+@njit(inline="always")
+def _tile(t, a, panel, c, m, nv, add):
+    """The micro-kernel of tile ``TILES[t]`` (see :func:`_tile_kernel`)."""
+    if t == 0:
+        _tile0(a, panel, c, m, nv, add)
+    else:
+        _tile1(a, panel, c, m, nv, add)
+
+
 # ------------------------------------------------------------------------------ GEMM and packing
 KC = 512
 """The products run ``k`` in blocks of this many (a block of a panel then stays in the L2 cache,
 a tile's rows of ``a`` in L1); each block's sum is added to ``c`` after the previous one's, the
 same way for every element."""
 
-MC = 16 * TILE[1]
-"""Rows of ``a`` per block in the whole-sequence products (:func:`_rows`): 96 with six-row tiles,
-``MC x KC`` floats = 192 KB, which stays in the L2 cache beside a panel's block."""
+MC = 16
+"""Row tiles per block in the whole-sequence products (:func:`_rows`): 96 rows with six-row
+tiles, ``96 x KC`` floats = 192 KB, which stays in the L2 cache beside a panel's block (128 rows,
+256 KB, with eight-row tiles)."""
 
 
 def _panel(P, p, col, w, k0, k1):
@@ -223,11 +255,12 @@ def _panel_impl(P, p, col, w, k0, k1):
 
 
 @njit(**_OPTS)
-def gemm(a, P, pcol, pw, c, p0, p1, add=False):
-    """``c[:, pcol[p] : pcol[p] + pw[p]] (+)= a @ panel p`` for the panels ``p0 <= p < p1``
-    (``P``: packed panels, or ``B`` itself, see :func:`_panel`; the same bits either way)."""
+def gemm(a, P, pcol, pw, c, p0, p1, t, add=False):
+    """``c[:, pcol[p] : pcol[p] + pw[p]] (+)= a @ panel p`` for the panels ``p0 <= p < p1`` by
+    tile ``TILES[t]`` (``P``: panels as wide as that tile's, packed, or ``B`` itself, see
+    :func:`_panel`; the same bits either way, and for either tile)."""
     M, K = a.shape[0], P.shape[-2]
-    MR = TILE[1]
+    MR = _MR[t]
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         ak = a[:, k0:k1]
@@ -235,7 +268,7 @@ def gemm(a, P, pcol, pw, c, p0, p1, add=False):
             col, w = pcol[p], pw[p]
             panel = _panel(P, p, col, w, k0, k1)
             for r in range(0, M, MR):
-                _tile(ak[r:], panel, c[r:, col:], min(MR, M - r), w, add or k0 > 0)
+                _tile(t, ak[r:], panel, c[r:, col:], min(MR, M - r), w, add or k0 > 0)
 
 
 @njit(**_OPTS)
@@ -279,7 +312,7 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ whole matrices
 @njit(**_OPTS)
-def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a):
+def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t):
     """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel, in :func:`gemm`'s blocks of ``k`` and,
     inside each, in blocks of :data:`MC` rows: for each block, every panel, then the block's row
     tiles. A panel's block of ``k`` (``KC x NR``) is read from the L2 cache by the block's tiles
@@ -293,19 +326,22 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a):
     tile by tile and k-major, to a unit-stride buffer first (see :data:`COPY_A`; same bits)."""
     a, c = a[r0:r1], c[r0:r1]
     M, K = a.shape[0], P.shape[-2]
-    MR = TILE[1]
-    strip = np.empty((MC // MR if copy_a else 0, KC, MR), a.dtype)  # (tile, k, row): a block of a, k-major
+    MR = _MR[t]
+    strip = np.empty((MC if copy_a else 0, KC, MR), a.dtype)  # (tile, k, row): a block of a, k-major
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         ak = a[:, k0:k1]
-        for b0 in range(0, M, MC):
-            b1 = min(M, b0 + MC)
+        for b0 in range(0, M, MC * MR):
+            b1 = min(M, b0 + MC * MR)
             if copy_a:
                 for r in range(b0, b1, MR):
                     m, s = min(MR, b1 - r), strip[(r - b0) // MR]
                     for k in range(k1 - k0):
-                        if m == MR:  # a constant trip count: unrolled
-                            for i in range(MR):
+                        if m == MR and t == 0:  # a constant trip count: unrolled
+                            for i in range(_MR[0]):
+                                s[k, i] = ak[r + i, k]
+                        elif m == MR:
+                            for i in range(_MR[1]):
                                 s[k, i] = ak[r + i, k]
                         else:
                             for i in range(m):
@@ -316,12 +352,12 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a):
                 for r in range(b0, b1, MR):
                     m = min(MR, b1 - r)
                     if copy_a:  # (MR, k1 - k0), unit stride along the rows
-                        _tile(strip[(r - b0) // MR, : k1 - k0].T, panel, c[r:, col:], m, w, add or k0 > 0)
+                        _tile(t, strip[(r - b0) // MR, : k1 - k0].T, panel, c[r:, col:], m, w, add or k0 > 0)
                     else:
-                        _tile(ak[r:], panel, c[r:, col:], m, w, add or k0 > 0)
+                        _tile(t, ak[r:], panel, c[r:, col:], m, w, add or k0 > 0)
 
 
-B_IN_PLACE = VECTOR_BYTES * TILE[0] >= 256
+B_IN_PLACE = VECTOR_BYTES * TILES[0][0] >= 256
 """The whole products read a C-ordered ``b`` in place (no packed copy); else they pack it. The
 default is the vector ISA's (in place with the 256-byte panels of AVX-512); :func:`choose_layout`
 measures instead. The 64-byte panels of AVX2, read in place from ``b``'s rows kilobytes apart,
@@ -334,49 +370,44 @@ AVX2 on Zen 4: ``dA^T h`` at config C 50 -> 96 GFLOP/s together with packing ``h
 Haswell kernel: 107); with the AVX-512 tiles on Zen 4 the copy cost 7-10 % at configs A and B
 (``dA^T h`` at A: 111 -> 100 GFLOP/s), on an Intel Ice Lake it gained 20-90 % at B and C."""
 
-LAYOUTS = {"in place": (True, False), "copied": (False, True)}
-"""The operand layouts :func:`choose_layout` times: ``(B_IN_PLACE, COPY_A)``."""
+LAYOUTS = {f"{ops}, {mr}x{nv} tiles": (in_place, copy_a, t)
+           for t, (nv, mr) in enumerate(TILES)
+           for ops, (in_place, copy_a) in {"in place": (True, False), "copied": (False, True)}.items()}
+"""The layouts :func:`choose_layout` times, ``(B_IN_PLACE, COPY_A, TILE)``: the whole products'
+operands read in place or copied, and the register tile (rows x vectors) of every product."""
 
 
 def layout() -> str:
     """The name of the layout in force (``"mixed"`` for a combination not in :data:`LAYOUTS`)."""
-    return next((k for k, v in LAYOUTS.items() if v == (B_IN_PLACE, COPY_A)), "mixed")
+    return next((k for k, v in LAYOUTS.items() if v == (B_IN_PLACE, COPY_A, TILE)), "mixed")
 
 
 def set_layout(name: str) -> None:
-    """Put the layout ``name`` (a key of :data:`LAYOUTS`) in force for this process's whole
-    products. Every layout gives the same bits: only the speed changes."""
-    global B_IN_PLACE, COPY_A
-    B_IN_PLACE, COPY_A = LAYOUTS[name]
+    """Put the layout ``name`` (a key of :data:`LAYOUTS`) in force for this process's products
+    (loops built after this call take its tile). Every layout gives the same bits: only the speed
+    changes."""
+    global B_IN_PLACE, COPY_A, TILE
+    B_IN_PLACE, COPY_A, TILE = LAYOUTS[name]
 
 
-def choose_layout(rows: int, gates: int, hidden: int, dtype=np.float32, rounds: int = 3,
-                  max_rows: int = 2048) -> tuple[str, dict[str, float]]:
-    """Time the whole products that the layouts change, at a recurrent layer's shapes, under each
-    of :data:`LAYOUTS`, put the fastest in force (:func:`set_layout`) and return its name and the
-    seconds per layout (median of ``rounds`` alternating rounds after one untimed call each)::
-
-        dW  dA^T h   (G H, N) x (N, H)      a transposed, b C-ordered: both choices matter
-        dX  dA W     (N, G H) x (G H, H)    b C-ordered
-
-    ``N = rows`` (``T B``), capped at ``max_rows``: the layouts change how ``a``'s strips and
-    ``b``'s panels sit in the caches, which the ``k`` blocks and the row blocks decide, not the
-    number of rows. On one thread; the arrays are random."""
-    rng = np.random.default_rng(0)
-    n, gh = max(1, min(rows, max_rows)), gates * hidden
-    dA = rng.standard_normal((n, gh)).astype(dtype)
-    h = rng.standard_normal((n, hidden)).astype(dtype)
-    W = rng.standard_normal((gh, hidden)).astype(dtype)
-    dW, dX = np.empty((gh, hidden), dtype), np.empty((n, hidden), dtype)
+def choose_layout(run, rounds: int = 3, min_seconds: float = 1.0, max_rounds: int = 15) -> tuple[str, dict[str, float]]:
+    """Time ``run()`` (a training step, or any work of the packed kernel) under each of
+    :data:`LAYOUTS`, put the fastest in force (:func:`set_layout`) and return its name and the
+    median seconds per layout: one untimed call each, then ``rounds`` rounds that alternate the
+    layouts, more (at most ``max_rounds``) until the timed calls add up to ``min_seconds``. Which
+    layout wins depends on the CPU's caches and on the shapes (see :data:`TILES`,
+    :data:`B_IN_PLACE`); a product timed alone is a poor guide: at LSTM config C on an Intel Ice
+    Lake the products alone favoured the 6 x 4 tile by 12 % and the whole step the 8 x 3 by 6 %."""
     times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
-    for r in range(rounds + 1):
+    r = 0
+    while r <= rounds or (r <= max_rounds and sum(map(sum, times.values())) < min_seconds):
         for name in LAYOUTS:
             set_layout(name)
             t0 = time.perf_counter()
-            matmul(dA.T, h, dW)
-            matmul(dA, W, dX)
+            run()
             if r:
                 times[name].append(time.perf_counter() - t0)
+        r += 1
     med = {name: float(np.median(ts)) for name, ts in times.items()}
     best = min(med, key=med.get)
     set_layout(best)
@@ -420,10 +451,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
     P, pcol, pw = operand(b)
     copy_a = COPY_A and a.strides[1] != a.itemsize
-    MR = TILE[1]
+    MR = _MR[TILE]
     blocks = -(-M // MR)
     n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
     cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
-    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a) for j in range(n)], sync)
+    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, TILE) for j in range(n)], sync)
     return out

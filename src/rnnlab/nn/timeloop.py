@@ -136,7 +136,7 @@ def _carry_impl(keep, t, src, dst, j0, j1):
 def _product(g, trans_b, a, W, c):
     """The step's GEMM ``c = a @ W^T`` (``trans_b``) or ``c = a @ W`` by the engine ``g``: the
     BLAS's ``cblas_?gemm`` when ``g`` is ``(addr, width)``; the packed micro-kernel over this
-    member's panels when ``g`` is ``(P, pcol, pw, p0, p1)`` (:mod:`rnnlab.nn.packed`)."""
+    member's panels when ``g`` is ``(P, pcol, pw, p0, p1, tile)`` (:mod:`rnnlab.nn.packed`)."""
 
 
 @overload(_product)
@@ -145,7 +145,7 @@ def _product_impl(g, trans_b, a, W, c):
         return lambda g, trans_b, a, W, c: _mm(g[0], g[1], trans_b, a, W, c)
     def impl(g, trans_b, a, W, c):
         _check(trans_b, a, W, c)
-        packed.gemm(a, g[0], g[1], g[2], c, g[3], g[4])
+        packed.gemm(a, g[0], g[1], g[2], c, g[3], g[4], g[5])
 
     return impl
 
@@ -332,19 +332,21 @@ class Loops:
         if gemm == "blas":
             fn(self.blas, (0, H, _LONE, 0, 1), *args)
             return
-        pcol, pw, members = _layout(GH, H, team, forward, self.dtype)
-        P = workspace.empty((len(pcol), H if forward else GH, packed.panel_width(self.dtype)), self.dtype)
+        tile = packed.TILE
+        pcol, pw, members = _layout(GH, H, team, forward, self.dtype, tile)
+        P = workspace.empty((len(pcol), H if forward else GH, packed.panel_width(self.dtype, tile)), self.dtype)
         sync = spin.new_sync(len(members))
-        team_mod.run(fn, [((P, pcol, pw, p0, p1), (j0, j1, sync, me, len(members)), *args)
+        team_mod.run(fn, [((P, pcol, pw, p0, p1, tile), (j0, j1, sync, me, len(members)), *args)
                           for me, (p0, p1, j0, j1) in enumerate(members)], sync)
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(GH: int, H: int, team: int, forward: bool, dtype) -> tuple:
-    """``(pcol, pw, members)``: the packed panels of a team's product and, per member, ``(p0, p1,
-    j0, j1)``, its panels and hidden units. Forward (``W^T``, ``G H`` columns) a member's panels
-    cover the gate columns ``g H + j`` of its units; backward (``W``, ``H`` columns) its units."""
-    nr = packed.panel_width(dtype)
+def _layout(GH: int, H: int, team: int, forward: bool, dtype, tile: int) -> tuple:
+    """``(pcol, pw, members)``: the packed panels (of tile ``packed.TILES[tile]``) of a team's
+    product and, per member, ``(p0, p1, j0, j1)``, its panels and hidden units. Forward (``W^T``,
+    ``G H`` columns) a member's panels cover the gate columns ``g H + j`` of its units; backward
+    (``W``, ``H`` columns) its units."""
+    nr = packed.panel_width(dtype, tile)
     bounds = team_mod.unit_bounds(H, team, packed.lanes(dtype))
     segs, members = [], []
     for j0, j1 in zip(bounds[:-1], bounds[1:]):
