@@ -1,7 +1,7 @@
 """The whole-sequence GEMMs of a recurrent layer: rnnlab's packed kernel in its two loop orders
 against NumPy's OpenBLAS, one thread, float32.
 
-    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5] [--layout copied]
+    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5] [--layout "copied, 8x3 tiles"]
 
 Besides its per-step products, a layer's training step runs three products over all ``N = T B``
 rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input size ``H``)::
@@ -11,8 +11,8 @@ rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input siz
     dX     dA W_xh    (N, G H) x (G H, H)     the gradient of the layer's input
 
 Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.packed.matmul`
-(blocks of rows, each over every panel, in the operand layout ``--layout``: by default the vector
-ISA's, as no planner runs here), under ``blas`` through ``np.matmul``. The column "panels
+(blocks of rows, each over every panel, in the layout ``--layout``: by default the vector ISA's
+operands and the first tile, as no planner runs here), under ``blas`` through ``np.matmul``. The column "panels
 outside" is the same micro-kernel in :func:`rnnlab.nn.packed.gemm`'s order, which the whole
 products used before: for each block of ``k``, each panel, then every row tile (same bits). GFLOP/s,
 median of ``--rounds`` rounds in which the three run one call each in turn (after one untimed
@@ -36,10 +36,10 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 @njit(nogil=True)
-def _panels_outside(a, P, pcol, pw, c):
-    """``c = a @ B`` over the panels ``P`` in :func:`rnnlab.nn.packed.gemm`'s loop order."""
+def _panels_outside(a, P, pcol, pw, c, t):
+    """``c = a @ B`` over the panels ``P`` in :func:`rnnlab.nn.packed.gemm`'s loop order, tile ``t``."""
     M, K = a.shape[0], P.shape[-2]
-    MR = packed.TILE[1]
+    MR = packed._MR[t]
     for k0 in range(0, max(K, 1), packed.KC):
         k1 = min(K, k0 + packed.KC)
         ak = a[:, k0:k1]
@@ -47,7 +47,7 @@ def _panels_outside(a, P, pcol, pw, c):
             col, w = pcol[p], pw[p]
             panel = packed._panel(P, p, col, w, k0, k1)
             for r in range(0, M, MR):
-                packed._tile(ak[r:], panel, c[r:, col:], min(MR, M - r), w, k0 > 0)
+                packed._tile(t, ak[r:], panel, c[r:, col:], min(MR, M - r), w, k0 > 0)
 
 
 def main(argv=None) -> None:
@@ -55,15 +55,15 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="A,B,C")
     ap.add_argument("--cell", default="lstm", choices=sorted(GATES))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--layout", choices=sorted(packed.LAYOUTS), help="the packed kernel's operand layout "
-                    "(default: the vector ISA's)")
+    ap.add_argument("--layout", choices=sorted(packed.LAYOUTS), help="the packed kernel's layout, operands "
+                    "and tile, e.g. 'copied, 8x3 tiles' (default: the vector ISA's operands, the first tile)")
     args = ap.parse_args(argv)
     if args.layout:
         packed.set_layout(args.layout)
     rng = np.random.default_rng(0)
     f = np.float32
     print(f"{args.cell}, one thread, float32, GFLOP/s (median of {args.rounds} interleaved rounds): "
-          f"packed (row blocks, operands {packed.layout()}) | packed (panels outside) | OpenBLAS")
+          f"packed (row blocks, {packed.layout()}) | packed (panels outside) | OpenBLAS")
     with threadpool_limits(1):
         for cfg in args.configs.split(","):
             B, T, H, _ = CONFIGS[cfg]
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
             for name, a, b in (("proj x W^T", x, W.T), ("dW dA^T h", dA.T, x), ("dX dA W", dA, W)):
                 out = np.empty((a.shape[0], b.shape[1]), f)
                 P, pcol, pw = packed.operand(b)  # what packed.matmul reads
-                sides = (lambda: packed.matmul(a, b, out), lambda: _panels_outside(a, P, pcol, pw, out),
+                sides = (lambda: packed.matmul(a, b, out), lambda: _panels_outside(a, P, pcol, pw, out, packed.TILE),
                          lambda: np.matmul(a, b, out=out))
                 times = [[] for _ in sides]
                 for fn in sides:

@@ -20,13 +20,14 @@ checkpoints, so a resumed run continues with the same bits.
 
 :func:`choose` times forward, loss and backward of every candidate on a batch of the run's shape
 (random ids, the model's current weights, no optimizer step: the run itself is not touched),
-alternating the candidates over a few rounds, keeps the fastest by median and remembers it for
-this machine and model shape (:func:`cache_path`): later runs of the same shape take it without
-timing, and so compute the same bits as the first (a choice timed while other work filled the
-cores is used for that run only, :func:`busy_load`). Before the candidates, where some of them
-run the packed kernel, the operand layout of its whole-sequence products is timed at the
-model's shapes and the faster kept (:func:`layout`; it changes the speed, not the bits) and
-remembered for that shape; a remembered or named packed plan takes the remembered layout (or
+alternating the candidates over a few rounds (and the two fastest again, longer, when they are
+close: :func:`fastest`), keeps the fastest by median and remembers it for this machine and model
+shape (:func:`cache_path`): later runs of the same shape take it without timing, and so compute
+the same bits as the first (a choice timed while other work filled the cores is used for that run
+only, :func:`busy_load`). Before the candidates, where some of them run the packed kernel, its
+layout (register tile, and the operand layout of its whole-sequence products) is timed on the
+model's training step and the fastest kept (:func:`layout`; it changes the speed, not the bits)
+and remembered for that shape; a remembered or named packed plan takes the remembered layout (or
 times it, once). ``plan="measure"`` times again;
 ``plan="NAME"`` forces a kind. Only the candidates that can run are timed: the packed kinds need
 numba, the split kinds at least :data:`~rnnlab.lm.shards.MIN_ROWS` rows per shard, and a model
