@@ -277,8 +277,9 @@ def _packed_step(model, batch: int, seq_len: int):
 
 RUNOFF = 1.15
 """When the second fastest plan is within this factor of the fastest, :func:`fastest` times the two
-again, longer. On the 2-vCPU Intel VM the planner's first rounds put 4 of 24 two-thread rows'
-plans in the wrong order, by 1-11 %, against the benchmark's longer blocks."""
+again, longer: three rounds of two steps do not tell apart plans a few per cent apart on a
+machine whose speed drifts (on the 2-vCPU Intel VM the planner's order disagreed with the
+benchmark's longer blocks in 4 of 24 two-thread rows, by 1-11 %)."""
 RUNOFF_ROUNDS = 5
 
 

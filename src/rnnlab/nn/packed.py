@@ -384,8 +384,8 @@ def layout() -> str:
 
 def set_layout(name: str) -> None:
     """Put the layout ``name`` (a key of :data:`LAYOUTS`) in force for this process's products
-    (loops built after this call take its tile). Every layout gives the same bits: only the speed
-    changes."""
+    (each call of :func:`matmul` or of a packed loop over time takes the layout in force when it
+    starts). Every layout gives the same bits: only the speed changes."""
     global B_IN_PLACE, COPY_A, TILE
     B_IN_PLACE, COPY_A, TILE = LAYOUTS[name]
 
