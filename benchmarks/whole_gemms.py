@@ -13,8 +13,9 @@ rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input siz
 Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.packed.matmul`
 (blocks of rows, each over every panel, in the layout ``--layout``: by default the vector ISA's
 operands and the first tile, as no planner runs here), under ``blas`` through ``np.matmul``. The column "panels
-outside" is the same micro-kernel in :func:`rnnlab.nn.packed.gemm`'s order, which the whole
-products used before: for each block of ``k``, each panel, then every row tile (same bits). GFLOP/s,
+outside" is :func:`rnnlab.nn.packed.gemm` over the same operands, the per-step products' order,
+which the whole products used before: for each block of ``k``, each panel, then every row tile
+(same bits). GFLOP/s,
 median of ``--rounds`` rounds in which the three run one call each in turn (after one untimed
 call each), so that the machine's slow moments fall on all three. Unset OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE in the command to time NumPy's GEMM at full speed.
@@ -26,28 +27,12 @@ import statistics
 import time
 
 import numpy as np
-from numba import njit
 from threadpoolctl import threadpool_limits
 
 from rnnlab.bench import CONFIGS
 from rnnlab.nn import packed
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
-@njit(nogil=True)
-def _panels_outside(a, P, pcol, pw, c, t):
-    """``c = a @ B`` over the panels ``P`` in :func:`rnnlab.nn.packed.gemm`'s loop order, tile ``t``."""
-    M, K = a.shape[0], P.shape[-2]
-    MR = packed._MR[t]
-    for k0 in range(0, max(K, 1), packed.KC):
-        k1 = min(K, k0 + packed.KC)
-        ak = a[:, k0:k1]
-        for p in range(pcol.shape[0]):
-            col, w = pcol[p], pw[p]
-            panel = packed._panel(P, p, col, w, k0, k1)
-            for r in range(0, M, MR):
-                packed._tile(t, ak[r:], panel, c[r:, col:], min(MR, M - r), w, k0 > 0)
 
 
 def main(argv=None) -> None:
@@ -74,7 +59,8 @@ def main(argv=None) -> None:
             for name, a, b in (("proj x W^T", x, W.T), ("dW dA^T h", dA.T, x), ("dX dA W", dA, W)):
                 out = np.empty((a.shape[0], b.shape[1]), f)
                 P, pcol, pw = packed.operand(b)  # what packed.matmul reads
-                sides = (lambda: packed.matmul(a, b, out), lambda: _panels_outside(a, P, pcol, pw, out, packed.TILE),
+                sides = (lambda: packed.matmul(a, b, out),
+                         lambda: packed.gemm(a, P, pcol, pw, out, 0, len(pcol), packed.TILE),
                          lambda: np.matmul(a, b, out=out))
                 times = [[] for _ in sides]
                 for fn in sides:

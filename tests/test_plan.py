@@ -328,6 +328,34 @@ def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):
     assert planner.choose(model, 32, 7).kind == "split" and len(calls) == 4
 
 
+def test_time_layouts_times_each_layout_and_puts_the_fastest_in_force(monkeypatch):
+    """:func:`plan.time_layouts` calls the work once per layout of :data:`packed.LAYOUTS`
+    (operands and tile) untimed, then in alternating rounds, more of them while the calls are
+    short, and leaves the layout with the shortest median in force."""
+    monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
+    monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
+    monkeypatch.setattr(packed, "TILE", packed.TILE)
+    assert len(packed.LAYOUTS) == 4 and {v[2] for v in packed.LAYOUTS.values()} == {0, 1}
+    fast = list(packed.LAYOUTS)[2]
+    seen = []
+    clock = [0.0]
+    monkeypatch.setattr(planner.time, "perf_counter", lambda: clock[0])
+
+    def run():  # the fast layout takes 0.01 s a call, the others 0.05 s; its call in round 2 takes 0.3 s
+        seen.append(packed.layout())
+        clock[0] += 0.3 if len(seen) == 11 else 0.01 if seen[-1] == fast else 0.05
+    best, med = planner.time_layouts(run, rounds=2, min_seconds=0.9, max_rounds=9)
+    assert best == fast and packed.layout() == fast and (packed.B_IN_PLACE, packed.COPY_A, packed.TILE) == \
+        packed.LAYOUTS[fast]
+    assert seen == list(packed.LAYOUTS) * 5  # one untimed round, then rounds until 0.9 s: 0.16 + 0.45 + 0.16 * 2
+    assert med[fast] == pytest.approx(0.01) and all(med[k] == pytest.approx(0.05) for k in med if k != fast)
+    first = next(iter(packed.LAYOUTS))
+    packed.set_layout(first)
+    assert packed.layout() == first
+    packed.B_IN_PLACE, packed.COPY_A = False, False
+    assert packed.layout() == "mixed"
+
+
 @numba
 def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch):
     """Before the candidates are timed, the packed kernel's layouts (tile and operands) are, on
@@ -342,9 +370,9 @@ def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch
     monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
     monkeypatch.setattr(packed, "TILE", packed.TILE)
     timed = []
-    real = packed.choose_layout
+    real = planner.time_layouts
 
-    def choose_layout(run, **kw):
+    def time_layouts(run, **kw):
         timed.append(run)
         tiles = []
         real_matmul = packed.matmul
@@ -354,7 +382,7 @@ def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch
         assert set(tiles) == {0, 1}  # the step's whole products ran under each tile
         return best
 
-    monkeypatch.setattr(packed, "choose_layout", choose_layout)
+    monkeypatch.setattr(planner, "time_layouts", time_layouts)
     monkeypatch.setattr(planner, "measure", lambda m, plans, b, t, **kw: {p: 0.0 if p == Plan("packed", 2) else 1.0
                                                                           for p in plans})
     model = _model("lstm", "float32")

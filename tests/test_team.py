@@ -135,34 +135,6 @@ def test_every_layout_gives_the_same_bits(dtype, monkeypatch):
         np.testing.assert_allclose(results[0], want, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
 
 
-def test_choose_layout_times_each_layout_and_puts_the_fastest_in_force(monkeypatch):
-    """:func:`packed.choose_layout` calls the work once per layout of :data:`packed.LAYOUTS`
-    (operands and tile) untimed, then in alternating rounds, more of them while the calls are
-    short, and leaves the layout with the shortest median in force."""
-    monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
-    monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
-    monkeypatch.setattr(packed, "TILE", packed.TILE)
-    assert len(packed.LAYOUTS) == 4 and {v[2] for v in packed.LAYOUTS.values()} == {0, 1}
-    fast = list(packed.LAYOUTS)[2]
-    seen = []
-    clock = [0.0]
-    monkeypatch.setattr(packed.time, "perf_counter", lambda: clock[0])
-
-    def run():  # the fast layout takes 0.01 s a call, the others 0.05 s; its call in round 2 takes 0.3 s
-        seen.append(packed.layout())
-        clock[0] += 0.3 if len(seen) == 11 else 0.01 if seen[-1] == fast else 0.05
-    best, med = packed.choose_layout(run, rounds=2, min_seconds=0.9, max_rounds=9)
-    assert best == fast and packed.layout() == fast and (packed.B_IN_PLACE, packed.COPY_A, packed.TILE) == \
-        packed.LAYOUTS[fast]
-    assert seen == list(packed.LAYOUTS) * 5  # one untimed round, then rounds until 0.9 s: 0.16 + 0.45 + 0.16 * 2
-    assert med[fast] == pytest.approx(0.01) and all(med[k] == pytest.approx(0.05) for k in med if k != fast)
-    first = next(iter(packed.LAYOUTS))
-    packed.set_layout(first)
-    assert packed.layout() == first
-    packed.B_IN_PLACE, packed.COPY_A = False, False
-    assert packed.layout() == "mixed"
-
-
 def test_the_layers_products_follow_the_loop_settings(monkeypatch):
     """``cells.matmul`` runs the packed kernel under packed settings and NumPy's GEMM otherwise
     (mixed dtypes always NumPy's)."""

@@ -22,7 +22,7 @@ order whatever the panel, row block or thread that computes it, so results do no
 the columns or rows are split, nor on the tile shape (they do differ from a BLAS in the last
 bits). Two tile shapes (:data:`TILES`) by the vector ISA numba compiles for: AVX-512 (32
 registers of 64 bytes), AVX/AVX2 (16 of 32 bytes), else SSE (16 of 16 bytes); the one in force
-(:data:`TILE`) is chosen by timing (:func:`choose_layout`).
+(:data:`TILE`) is chosen by timing (:func:`rnnlab.lm.plan.layout`).
 
 Shapes: ``a (M, K)`` rows with unit column stride; ``W (N, K)`` (``transpose``) or ``(K, N)``;
 ``P (panels, K, NR)``; ``c (M, N)`` rows with unit column stride. float32 or float64.
@@ -30,7 +30,6 @@ Shapes: ``a (M, K)`` rows with unit column stride; ``W (N, K)`` (``transpose``) 
 from __future__ import annotations
 
 import functools
-import time
 
 import numpy as np
 from llvmlite import ir
@@ -82,7 +81,8 @@ VECTOR_BYTES = _vector_bytes()
 TILES = {64: ((4, 6), (3, 8)), 32: ((2, 6), (3, 4)), 16: ((2, 6), (3, 4))}[VECTOR_BYTES]
 """The two register tiles ``(NV, MR)`` of the vector ISA: vectors per row and rows (accumulators
 ``NV * MR``, beside ``NV`` vectors of the panel and one broadcast; 32 registers with AVX-512, 16
-else). Which is faster depends on the CPU and the shapes, so :func:`choose_layout` times both:
+else). Which is faster depends on the CPU and the shapes, so the planner times both
+(:func:`rnnlab.lm.plan.layout`):
 on an Intel Ice Lake the 8 x 3 tile ran LSTM's per-step products 15-30 % faster than the 6 x 4
 (a row of the panel, read from L2, feeds eight rows instead of six, and 8 divides the usual
 batches), while the RNN's products of ``H = 128`` or ``256`` columns, which 48-column panels cut
@@ -359,13 +359,13 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t):
 
 B_IN_PLACE = VECTOR_BYTES * TILES[0][0] >= 256
 """The whole products read a C-ordered ``b`` in place (no packed copy); else they pack it. The
-default is the vector ISA's (in place with the 256-byte panels of AVX-512); :func:`choose_layout`
-measures instead. The 64-byte panels of AVX2, read in place from ``b``'s rows kilobytes apart,
+default is the vector ISA's (in place with the 256-byte panels of AVX-512); the planner
+measures instead (:func:`rnnlab.lm.plan.layout`). The 64-byte panels of AVX2, read in place from ``b``'s rows kilobytes apart,
 fall into a few cache sets: ``dA W`` at config C (forced AVX2 on the Zen 4 development machine,
 one thread) ran at 69 GFLOP/s in place and 98 packed."""
 COPY_A = not B_IN_PLACE
 """A transposed ``a`` (``dA^T``, its rows ``G H`` floats apart) is copied a tile's strip at a time
-to unit stride (default: with the AVX2 tiles; :func:`choose_layout` measures instead). Forced
+to unit stride (default: with the AVX2 tiles; the planner measures instead). Forced
 AVX2 on Zen 4: ``dA^T h`` at config C 50 -> 96 GFLOP/s together with packing ``h`` (OpenBLAS's
 Haswell kernel: 107); with the AVX-512 tiles on Zen 4 the copy cost 7-10 % at configs A and B
 (``dA^T h`` at A: 111 -> 100 GFLOP/s), on an Intel Ice Lake it gained 20-90 % at B and C."""
@@ -373,7 +373,7 @@ Haswell kernel: 107); with the AVX-512 tiles on Zen 4 the copy cost 7-10 % at co
 LAYOUTS = {f"{ops}, {mr}x{nv} tiles": (in_place, copy_a, t)
            for t, (nv, mr) in enumerate(TILES)
            for ops, (in_place, copy_a) in {"in place": (True, False), "copied": (False, True)}.items()}
-"""The layouts :func:`choose_layout` times, ``(B_IN_PLACE, COPY_A, TILE)``: the whole products'
+"""The layouts the planner times (:func:`rnnlab.lm.plan.layout`), ``(B_IN_PLACE, COPY_A, TILE)``: the whole products'
 operands read in place or copied, and the register tile (rows x vectors) of every product."""
 
 
@@ -388,30 +388,6 @@ def set_layout(name: str) -> None:
     starts). Every layout gives the same bits: only the speed changes."""
     global B_IN_PLACE, COPY_A, TILE
     B_IN_PLACE, COPY_A, TILE = LAYOUTS[name]
-
-
-def choose_layout(run, rounds: int = 3, min_seconds: float = 1.0, max_rounds: int = 15) -> tuple[str, dict[str, float]]:
-    """Time ``run()`` (a training step, or any work of the packed kernel) under each of
-    :data:`LAYOUTS`, put the fastest in force (:func:`set_layout`) and return its name and the
-    median seconds per layout: one untimed call each, then ``rounds`` rounds that alternate the
-    layouts, more (at most ``max_rounds``) until the timed calls add up to ``min_seconds``. Which
-    layout wins depends on the CPU's caches and on the shapes (see :data:`TILES`,
-    :data:`B_IN_PLACE`); a product timed alone is a poor guide: at LSTM config C on an Intel Ice
-    Lake the products alone favoured the 6 x 4 tile by 12 % and the whole step the 8 x 3 by 6 %."""
-    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
-    r = 0
-    while r <= rounds or (r <= max_rounds and sum(map(sum, times.values())) < min_seconds):
-        for name in LAYOUTS:
-            set_layout(name)
-            t0 = time.perf_counter()
-            run()
-            if r:
-                times[name].append(time.perf_counter() - t0)
-        r += 1
-    med = {name: float(np.median(ts)) for name, ts in times.items()}
-    best = min(med, key=med.get)
-    set_layout(best)
-    return best, med
 
 
 @functools.lru_cache(maxsize=256)
