@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -79,12 +80,40 @@ def test_each_element_has_the_same_bits_whatever_the_panels_and_rows():
     np.testing.assert_array_equal(whole, rows)
 
 
+def test_the_blocks_of_k_change_no_bit():
+    """Each element's sum is one chain over ``k`` (a block of ``k`` stores its partial sum in ``c``,
+    the next block continues it, and ``add`` starts it from ``c``), so the block sizes
+    (:data:`packed.KC` for the per-step products, the ``kc`` of the whole ones) change no bit."""
+    rng = np.random.default_rng(11)
+    M, K, N = 29, 600, 70
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    base = rng.standard_normal((M, N)).astype(np.float32)
+    nr = packed.panel_width(np.float32, 0)
+    pcol, pw = packed.panels([(0, N)], nr)
+    P = np.empty((len(pcol), K, nr), np.float32)
+    packed.pack(b, False, pcol, pw, P, 0, len(pcol))
+    py = packed.gemm.py_func
+    for add in (False, True):
+        results = []
+        for kc in (packed.KC, 7, 64, 1024):  # 1024 > K: one block
+            gemm = njit(types.FunctionType(py.__code__, dict(py.__globals__, KC=kc), py.__name__, py.__defaults__))
+            results.append(base.copy())
+            gemm(a, P, pcol, pw, results[-1], 0, len(pcol), 0, add)
+            for copy_a in (False, True):
+                results.append(base.copy())
+                packed._rows(a, P, pcol, pw, results[-1], 0, M, add, copy_a, 0, kc)
+        for r in results[1:]:
+            np.testing.assert_array_equal(r, results[0])
+        np.testing.assert_allclose(results[0], (base if add else 0) + a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
     """``packed.matmul``: ``out (+)= a @ b`` for a row-major or transposed ``a`` and ``b`` given
     either way; a team of 2 or 3 gives the bits of one thread."""
     rng = np.random.default_rng(5)
-    M, K, N = 77, 600, 70  # K over one k-block (packed.KC), rows and columns over whole tiles
+    M, K, N = 77, 600, 70  # K over several blocks of k (packed.KC, packed.KC_ROWS), rows and columns over whole tiles
     a = rng.standard_normal((K, M)).astype(np.float32).T if transposed else \
         rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((N, K)).astype(np.float32).T  # the transpose of a C-ordered array

@@ -17,11 +17,13 @@ thread can own exactly the gate columns of its hidden units (:mod:`rnnlab.nn.tea
 The micro-kernel (:func:`_tile`) is LLVM vector IR emitted by a numba intrinsic, compiled for
 the CPU numba targets: ``MR`` rows by ``NV`` vectors of ``VW`` lanes held in registers over the
 whole ``k`` loop, one broadcast of ``a[r, k]`` and one fused multiply-add per vector and row.
-Each ``c`` element is ``fma(a[r, K-1], b[K-1], ... fma(a[r, 0], b[0], 0))``, summed in ``k``
-order whatever the panel, row block or thread that computes it, so results do not depend on how
-the columns or rows are split, nor on the tile shape (they do differ from a BLAS in the last
-bits). Two tile shapes (:data:`TILES`) by the vector ISA numba compiles for: AVX-512 (32
-registers of 64 bytes), AVX/AVX2 (16 of 32 bytes), else SSE (16 of 16 bytes); the one in force
+Each ``c`` element is one chain ``fma(a[r, K-1], b[K-1], ... fma(a[r, 0], b[0], c0))`` over
+the whole of ``k`` in order (``c0 = 0``, or ``c``'s value when adding), whatever the panel, row
+block, block of ``k`` or thread that computes it: a block of ``k`` stores its partial chain in
+``c`` and the next block continues it from there. So results do not depend on how the columns,
+rows or ``k`` are split, nor on the tile shape (they do differ from a BLAS in the last bits).
+Two tile shapes (:data:`TILES`) by the vector ISA numba compiles for: AVX-512 (32 registers of
+64 bytes), AVX/AVX2 (16 of 32 bytes), else SSE (16 of 16 bytes); the one in force
 (:data:`TILE`) is chosen by timing (:func:`rnnlab.lm.plan.layout`).
 
 Shapes: ``a (M, K)`` rows with unit column stride; ``W (N, K)`` (``transpose``) or ``(K, N)``;
@@ -118,8 +120,9 @@ def _tile_kernel(NV, MR, a, panel, c, m, nv, add):
     """``c[:m, :nv] (+)= a[:m] @ panel[:, :nv]`` for ``1 <= m <= MR``, ``1 <= nv <= NR``: ``a``
     and ``c`` are 2-D views starting at the tile's first row (and column; ``a`` may have any
     strides, ``c`` unit column stride), ``panel (K, >= nv)`` with unit column stride and any row
-    stride (a packed panel, or a block of ``B`` itself); ``add`` adds the product to ``c`` (one
-    addition after the whole sum) instead of storing it. Only the vectors that hold some of the
+    stride (a packed panel, or a block of ``B`` itself); ``add``: the chain of each element starts
+    from its value in ``c`` (so a block of ``k`` continues the previous block's sum, or a product is
+    added to ``c``) instead of from 0. Only the vectors that hold some of the
     ``nv`` columns are computed, and they are read whole: a row of ``panel`` must have
     ``ceil(nv / VW) * VW`` readable elements (a zero-padded panel, or ``nv`` a multiple of ``VW``)."""
     if not all(isinstance(x, types.Array) and x.ndim == 2 for x in (a, panel, c)):
@@ -171,14 +174,25 @@ def _tile_kernel(NV, MR, a, panel, c, m, nv, add):
                 builder.position_at_end(head)
                 loop = fn.append_basic_block(f"tile.m{mm}v{nn}.loop")
                 done = fn.append_basic_block(f"tile.m{mm}v{nn}.done")
+                ptrs, masks, init = [], [], []  # c's vectors: where, which lanes, the chain's start
+                for r in range(mm):
+                    rowp = builder.gep(C.data, [builder.mul(i64(r), ldc)])
+                    ptrs.append([builder.bitcast(builder.gep(rowp, [i64(v * VW)]), vt.as_pointer())
+                                 for v in range(nn)])
+                    masks.append([builder.icmp_signed("<", lane_ids, bcast(builder.sub(nvv, i64(v * VW)),
+                                                                             ir.VectorType(i64, VW)))
+                                  for v in range(nn)])
+                    init.append([builder.select(addv, builder.call(mload, [ptrs[r][v], i32(size), masks[r][v],
+                                                                            zero]), zero)
+                                 for v in range(nn)])
                 builder.cbranch(builder.icmp_signed(">", K, i64(0)), loop, done)
                 builder.position_at_end(loop)
                 k = builder.phi(i64)
                 k.add_incoming(i64(0), head)
                 acc = [[builder.phi(vt) for _ in range(nn)] for _ in range(mm)]
-                for row in acc:
-                    for x in row:
-                        x.add_incoming(zero, head)
+                for r in range(mm):
+                    for v in range(nn):
+                        acc[r][v].add_incoming(init[r][v], head)
                 base = builder.mul(k, ldp)
                 bv = [builder.load(builder.bitcast(builder.gep(P.data, [builder.add(base, i64(v * VW))]),
                                                    vt.as_pointer()), align=size) for v in range(nn)]
@@ -198,18 +212,9 @@ def _tile_kernel(NV, MR, a, panel, c, m, nv, add):
                 res = [[builder.phi(vt) for _ in range(nn)] for _ in range(mm)]
                 for r in range(mm):
                     for v in range(nn):
-                        res[r][v].add_incoming(zero, head)
+                        res[r][v].add_incoming(init[r][v], head)
                         res[r][v].add_incoming(new[r][v], loop)
-                for r in range(mm):
-                    rowp = builder.gep(C.data, [builder.mul(i64(r), ldc)])
-                    for v in range(nn):
-                        x = res[r][v]
-                        ptr = builder.bitcast(builder.gep(rowp, [i64(v * VW)]), vt.as_pointer())
-                        mask = builder.icmp_signed("<", lane_ids, bcast(builder.sub(nvv, i64(v * VW)),
-                                                                         ir.VectorType(i64, VW)))
-                        old = builder.call(mload, [ptr, i32(size), mask, zero])
-                        x = builder.select(addv, builder.fadd(old, x), x)
-                        builder.call(mstore, [x, ptr, i32(size), mask])
+                        builder.call(mstore, [res[r][v], ptrs[r][v], i32(size), masks[r][v]])
                 builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -230,15 +235,25 @@ def _tile(t, a, panel, c, m, nv, add):
 
 
 # ------------------------------------------------------------------------------ GEMM and packing
-KC = 512
-"""The products run ``k`` in blocks of this many (a block of a panel then stays in the L2 cache,
-a tile's rows of ``a`` in L1); each block's sum is added to ``c`` after the previous one's, the
-same way for every element."""
+KC = 128
+"""The per-step products, and the whole products of a transposed ``a`` (the weight gradients
+``dA^T x``), run ``k`` in blocks of this many: a panel's block (``KC x NR``, 32 KB with 64-column
+panels) then stays in the L1 cache while the tiles of a block of rows pass, instead of being read
+from L2 by each tile. The blocking changes no bit (each element's sum is one chain over ``k``, see
+the module's docstring). Measured on an Intel Ice Lake against 512 (one process, the blockings
+alternating, ``benchmarks/whole_gemms.py``-sized operands, one thread): ``dA^T h`` 73 -> 97
+GFLOP/s at config A, 67 -> 73 at B; the per-step ``da W`` at B 89 -> 120."""
+
+KC_ROWS = 512
+"""The block of ``k`` of the whole products whose ``a`` is read along its rows (``dA W``,
+``x W^T``): there the tiles read each row of ``a`` in runs of ``KC_ROWS`` elements, and shorter
+runs were slower (``dA W`` at configs A and B, ``a`` in place: 84 -> 69 and 78 -> 69 GFLOP/s
+with blocks of 128 on the same Ice Lake)."""
 
 MC = 16
 """Row tiles per block in the whole-sequence products (:func:`_rows`): 96 rows with six-row
-tiles, ``96 x KC`` floats = 192 KB, which stays in the L2 cache beside a panel's block (128 rows,
-256 KB, with eight-row tiles)."""
+tiles, ``96 x KC_ROWS`` floats = 192 KB, which stays in the L2 cache beside a panel's block (128
+rows, 256 KB, with eight-row tiles)."""
 
 
 def _panel(P, p, col, w, k0, k1):
@@ -312,12 +327,12 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ whole matrices
 @njit(**_OPTS)
-def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t):
-    """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel, in :func:`gemm`'s blocks of ``k`` and,
+def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
+    """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel, in blocks of ``kc`` ``k`` and,
     inside each, in blocks of :data:`MC` rows: for each block, every panel, then the block's row
-    tiles. A panel's block of ``k`` (``KC x NR``) is read from the L2 cache by the block's tiles
-    one after another, and the block's rows of ``a`` (``MC x KC``) stay in L2 while every panel
-    passes (the loop order of BLIS's macro-kernel). The whole-sequence products have ``T B`` rows
+    tiles. A panel's block of ``k`` (``kc x NR``) is read by the block's tiles one after another
+    (from L1 with ``kc =`` :data:`KC`), and the block's rows of ``a`` (``MC x kc``) stay in L2
+    while every panel passes (the loop order of BLIS's macro-kernel). The whole-sequence products have ``T B`` rows
     of ``a`` (or as many columns of ``B``): :func:`gemm`'s order (all rows per panel) would read
     all of ``a``'s block again for each panel, and one tile at a time (all panels per tile) reads
     every panel again from L3 when they do not fit L2 (``x W^T`` at config C: 4 MB of panels).
@@ -327,9 +342,9 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t):
     a, c = a[r0:r1], c[r0:r1]
     M, K = a.shape[0], P.shape[-2]
     MR = _MR[t]
-    strip = np.empty((MC if copy_a else 0, KC, MR), a.dtype)  # (tile, k, row): a block of a, k-major
-    for k0 in range(0, max(K, 1), KC):
-        k1 = min(K, k0 + KC)
+    strip = np.empty((MC if copy_a else 0, kc, MR), a.dtype)  # (tile, k, row): a block of a, k-major
+    for k0 in range(0, max(K, 1), kc):
+        k1 = min(K, k0 + kc)
         ak = a[:, k0:k1]
         for b0 in range(0, M, MC * MR):
             b1 = min(M, b0 + MC * MR)
@@ -414,8 +429,8 @@ def operand(b: np.ndarray, in_place: bool | None = None) -> tuple[np.ndarray, np
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, team: int = 1) -> np.ndarray:
-    """``out = a @ b`` (``add``: ``out += a @ b``; each block of :data:`KC` ``k`` is summed, then
-    added to ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
+    """``out = a @ b`` (``add``: ``out += a @ b``, each element's sum starting from its value in
+    ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
     strides, ``b (K, N)`` C-ordered or the transpose of a C-ordered array, ``out (M, N)`` with
     unit column stride; one float dtype. Each element gets the same bits whatever ``team``. A
     C-ordered ``b`` whose columns fill whole vectors is read in place where :data:`B_IN_PLACE`,
@@ -426,11 +441,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
     if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
     P, pcol, pw = operand(b)
-    copy_a = COPY_A and a.strides[1] != a.itemsize
+    transposed = a.strides[1] != a.itemsize
+    copy_a = COPY_A and transposed
+    kc = KC if transposed else KC_ROWS
     MR = _MR[TILE]
     blocks = -(-M // MR)
     n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
     cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
-    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, TILE) for j in range(n)], sync)
+    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, TILE, kc) for j in range(n)], sync)
     return out
