@@ -4,10 +4,10 @@
 
 A time step of a recurrent layer is one GEMM ``(B, H) x (H, G H)`` (forward; ``(B, G H) x (G H,
 H)`` backward) and one fused kernel over the ``B H`` units. The kernel's share of the step is
-the ratio printed here (of the "in a loop" forward kernel): at H = 128 the LSTM forward kernel
-took a third of the GEMM's time before it was split into one loop per written array (see
-docs/benchmarks.md; measured per call then). Microseconds per call, best of three runs of
-``--reps`` calls each; the GEMM is NumPy's (OpenBLAS) on one thread.
+the ratio printed here (per call): at H = 128 the LSTM forward kernel took a third of the GEMM's
+time before it was split into one loop per written array (see docs/benchmarks.md). Microseconds
+per call, best of three runs of ``--reps`` calls each; the GEMM is NumPy's (OpenBLAS) on one
+thread.
 Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the command to time NumPy's GEMM at full speed.
 
 The "per call" columns call each kernel from Python on one step's arrays, so they include
@@ -42,13 +42,19 @@ def _us(fn, reps: int) -> float:
     return best * 1e6
 
 
+def _arrays(rng):
+    """``f32(*shape, lo=False)``: random float32 arrays, in (0.05, 0.95) with ``lo`` (gate values)."""
+    def f32(*shape, lo=False):
+        x = rng.uniform(0.05, 0.95, shape) if lo else rng.standard_normal(shape)
+        return x.astype(np.float32)
+
+    return f32
+
+
 def kernels(cell: str, B: int, H: int, rng):
     """``(forward, backward)``: the cell's two kernels on random arrays of one time step."""
     G = GATES[cell]
-
-    def f32(*shape, lo=None):
-        x = rng.uniform(0.05, 0.95, shape) if lo else rng.standard_normal(shape)
-        return x.astype(np.float32)
+    f32 = _arrays(rng)
 
     a, hh, b = f32(B, G * H), f32(B, G * H), f32(G * H)
     dy, dnext, h = f32(B, H), f32(B, H), np.tanh(f32(B, H))
@@ -108,11 +114,7 @@ def in_loop(cell: str, T: int, B: int, H: int, rng) -> tuple[float, float]:
     """Microseconds per step of the cell's forward and backward kernels called from compiled
     code over ``T`` steps, each step on its own arrays (the loops above), best of three."""
     G = GATES[cell]
-
-    def f32(*shape, lo=False):
-        x = rng.uniform(0.05, 0.95, shape) if lo else rng.standard_normal(shape) * 0.5
-        return x.astype(np.float32)
-
+    f32 = _arrays(rng)
     hh, b, dy, dnext, DH = f32(B, G * H), f32(G * H), f32(T, B, H), f32(B, H), f32(T, B, H)
     if cell == "rnn":
         A0, Hs, dA = f32(T, B, H), np.tanh(f32(T, B, H)), f32(T, B, H)
@@ -160,7 +162,7 @@ def main() -> None:
                 fwd, bwd = (_us(k, args.reps) for k in kernels(cell, B, H, rng))
                 lf, lb = in_loop(cell, T, B, H, rng)
                 print(f"| {cell} | {cfg} | {B} x {H} | {fwd:.1f} | {bwd:.1f} | {lf:.1f} | {lb:.1f} | {gemm:.1f} | "
-                      f"{lf / gemm:.2f} |")
+                      f"{fwd / gemm:.2f} |")
 
 
 if __name__ == "__main__":

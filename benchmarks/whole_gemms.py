@@ -2,6 +2,7 @@
 against NumPy's OpenBLAS, one thread, float32.
 
     python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5] [--layout "copied, 8x3 tiles"]
+                                     [--kc 128,512]
 
 Besides its per-step products, a layer's training step runs three products over all ``N = T B``
 rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input size ``H``)::
@@ -15,7 +16,9 @@ Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.pa
 operands and the first tile, as no planner runs here), under ``blas`` through ``np.matmul``. The column "panels
 outside" is :func:`rnnlab.nn.packed.gemm` over the same operands, the per-step products' order,
 which the whole products used before: for each block of ``k``, each panel, then every row tile
-(same bits). GFLOP/s,
+(same bits). ``--kc 128,512``: instead of :func:`rnnlab.nn.packed.matmul`'s own block of ``k``
+(:data:`~rnnlab.nn.packed.KC` for a transposed ``a``, :data:`~rnnlab.nn.packed.KC_ROWS` else), one
+row-blocks column per block size given (same bits, asserted). GFLOP/s,
 median of ``--rounds`` rounds in which the three run one call each in turn (after one untimed
 call each), so that the machine's slow moments fall on all three. Unset OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE in the command to time NumPy's GEMM at full speed.
@@ -42,13 +45,17 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--layout", choices=sorted(packed.LAYOUTS), help="the packed kernel's layout, operands "
                     "and tile, e.g. 'copied, 8x3 tiles' (default: the vector ISA's operands, the first tile)")
+    ap.add_argument("--kc", help="comma-separated blocks of k for the row-blocks order, one column each "
+                    "(default: packed.matmul's own)")
     args = ap.parse_args(argv)
+    kcs = [int(v) for v in args.kc.split(",")] if args.kc else []
     if args.layout:
         packed.set_layout(args.layout)
     rng = np.random.default_rng(0)
     f = np.float32
     print(f"{args.cell}, one thread, float32, GFLOP/s (median of {args.rounds} interleaved rounds): "
-          f"packed (row blocks, {packed.layout()}) | packed (panels outside) | OpenBLAS")
+          f"packed (row blocks, {packed.layout()}{''.join(f'; kc {k}' for k in kcs)}) | "
+          "packed (panels outside) | OpenBLAS")
     with threadpool_limits(1):
         for cfg in args.configs.split(","):
             B, T, H, _ = CONFIGS[cfg]
@@ -59,7 +66,13 @@ def main(argv=None) -> None:
             for name, a, b in (("proj x W^T", x, W.T), ("dW dA^T h", dA.T, x), ("dX dA W", dA, W)):
                 out = np.empty((a.shape[0], b.shape[1]), f)
                 P, pcol, pw = packed.operand(b)  # what packed.matmul reads
-                sides = (lambda: packed.matmul(a, b, out),
+                copy_a = packed.COPY_A and a.strides[1] != a.itemsize  # as packed.matmul decides
+                rows = [lambda kc=kc: packed._rows(a, P, pcol, pw, out, 0, a.shape[0], False, copy_a,
+                                                   packed.TILE, kc) for kc in kcs]
+                if kcs:  # every block of k gives the same bits
+                    got = [(fn(), out.copy())[1] for fn in rows]
+                    assert all(np.array_equal(g, got[0]) for g in got), "blocks of k changed the bits"
+                sides = (*(rows or [lambda: packed.matmul(a, b, out)]),
                          lambda: packed.gemm(a, P, pcol, pw, out, 0, len(pcol), packed.TILE),
                          lambda: np.matmul(a, b, out=out))
                 times = [[] for _ in sides]

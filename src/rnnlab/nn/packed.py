@@ -130,7 +130,6 @@ def _tile_kernel(NV, MR, a, panel, c, m, nv, add):
     if not a.dtype == panel.dtype == c.dtype or a.dtype not in (types.float32, types.float64):
         return None
     VW = VECTOR_BYTES // (a.dtype.bitwidth // 8)
-    NR = VW * NV
     sig = types.void(a, panel, c, m, nv, add)
 
     def codegen(context, builder, signature, args):
@@ -240,15 +239,15 @@ KC = 128
 ``dA^T x``), run ``k`` in blocks of this many: a panel's block (``KC x NR``, 32 KB with 64-column
 panels) then stays in the L1 cache while the tiles of a block of rows pass, instead of being read
 from L2 by each tile. The blocking changes no bit (each element's sum is one chain over ``k``, see
-the module's docstring). Measured on an Intel Ice Lake against 512 (one process, the blockings
-alternating, ``benchmarks/whole_gemms.py``-sized operands, one thread): ``dA^T h`` 73 -> 97
-GFLOP/s at config A, 67 -> 73 at B; the per-step ``da W`` at B 89 -> 120."""
+the module's docstring). On an Intel Ice Lake, ``dA^T h`` at configs A, B and C, blocks of 512
+against 128 (GFLOP/s, ``python benchmarks/whole_gemms.py --rounds 15 --kc 512,128 --layout L``):
+in place 50, 53, 47 -> 60, 63, 57; copied 69, 66, 75 -> 76, 72, 76."""
 
 KC_ROWS = 512
 """The block of ``k`` of the whole products whose ``a`` is read along its rows (``dA W``,
 ``x W^T``): there the tiles read each row of ``a`` in runs of ``KC_ROWS`` elements, and shorter
-runs were slower (``dA W`` at configs A and B, ``a`` in place: 84 -> 69 and 78 -> 69 GFLOP/s
-with blocks of 128 on the same Ice Lake)."""
+runs were mostly slower (the same command: ``dA W`` at B and C, copied, 90 and 87 GFLOP/s with
+blocks of 512, 78 with 128; ``x W^T`` at C 84 against 73)."""
 
 MC = 16
 """Row tiles per block in the whole-sequence products (:func:`_rows`): 96 rows with six-row
@@ -270,14 +269,14 @@ def _panel_impl(P, p, col, w, k0, k1):
 
 
 @njit(**_OPTS)
-def gemm(a, P, pcol, pw, c, p0, p1, t, add=False):
+def gemm(a, P, pcol, pw, c, p0, p1, t, add=False, kc=KC):
     """``c[:, pcol[p] : pcol[p] + pw[p]] (+)= a @ panel p`` for the panels ``p0 <= p < p1`` by
     tile ``TILES[t]`` (``P``: panels as wide as that tile's, packed, or ``B`` itself, see
-    :func:`_panel`; the same bits either way, and for either tile)."""
+    :func:`_panel`; the same bits either way, for either tile and any block ``kc`` of ``k``)."""
     M, K = a.shape[0], P.shape[-2]
     MR = _MR[t]
-    for k0 in range(0, max(K, 1), KC):
-        k1 = min(K, k0 + KC)
+    for k0 in range(0, max(K, 1), kc):
+        k1 = min(K, k0 + kc)
         ak = a[:, k0:k1]
         for p in range(p0, p1):
             col, w = pcol[p], pw[p]
@@ -332,10 +331,10 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
     inside each, in blocks of :data:`MC` rows: for each block, every panel, then the block's row
     tiles. A panel's block of ``k`` (``kc x NR``) is read by the block's tiles one after another
     (from L1 with ``kc =`` :data:`KC`), and the block's rows of ``a`` (``MC x kc``) stay in L2
-    while every panel passes (the loop order of BLIS's macro-kernel). The whole-sequence products have ``T B`` rows
-    of ``a`` (or as many columns of ``B``): :func:`gemm`'s order (all rows per panel) would read
-    all of ``a``'s block again for each panel, and one tile at a time (all panels per tile) reads
-    every panel again from L3 when they do not fit L2 (``x W^T`` at config C: 4 MB of panels).
+    while every panel passes (the loop order of BLIS's macro-kernel). The whole-sequence products
+    have ``T B`` rows of ``a`` (or as many columns of ``B``): :func:`gemm`'s order (all rows per
+    panel) would read all of ``a``'s block again for each panel, and one tile at a time (all
+    panels per tile) reads every panel again from L3 when they do not fit L2 (``x W^T`` at config C: 4 MB of panels).
     The per-step products, with a few rows of ``a``, keep :func:`gemm`'s order. Each element is
     summed the same way in any order: same bits. ``copy_a``: a block's rows of ``a`` are copied,
     tile by tile and k-major, to a unit-stride buffer first (see :data:`COPY_A`; same bits)."""
