@@ -333,9 +333,8 @@ def test_time_layouts_times_each_layout_and_puts_the_fastest_in_force(monkeypatc
     (operands and tile) untimed, then in alternating rounds, more of them while the calls are
     short, and leaves the layout with the shortest median in force."""
     monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
-    monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
     monkeypatch.setattr(packed, "TILE", packed.TILE)
-    assert len(packed.LAYOUTS) == 4 and {v[2] for v in packed.LAYOUTS.values()} == {0, 1}
+    assert len(packed.LAYOUTS) == 4 and {v[1] for v in packed.LAYOUTS.values()} == {0, 1}
     fast = list(packed.LAYOUTS)[2]
     seen = []
     clock = [0.0]
@@ -345,15 +344,12 @@ def test_time_layouts_times_each_layout_and_puts_the_fastest_in_force(monkeypatc
         seen.append(packed.layout())
         clock[0] += 0.3 if len(seen) == 11 else 0.01 if seen[-1] == fast else 0.05
     best, med = planner.time_layouts(run, rounds=2, min_seconds=0.9, max_rounds=9)
-    assert best == fast and packed.layout() == fast and (packed.B_IN_PLACE, packed.COPY_A, packed.TILE) == \
-        packed.LAYOUTS[fast]
+    assert best == fast and packed.layout() == fast and (packed.B_IN_PLACE, packed.TILE) == packed.LAYOUTS[fast]
     assert seen == list(packed.LAYOUTS) * 5  # one untimed round, then rounds until 0.9 s: 0.16 + 0.45 + 0.16 * 2
     assert med[fast] == pytest.approx(0.01) and all(med[k] == pytest.approx(0.05) for k in med if k != fast)
-    first = next(iter(packed.LAYOUTS))
-    packed.set_layout(first)
-    assert packed.layout() == first
-    packed.B_IN_PLACE, packed.COPY_A = False, False
-    assert packed.layout() == "mixed"
+    for name in packed.LAYOUTS:
+        packed.set_layout(name)
+        assert packed.layout() == name
 
 
 @numba
@@ -367,7 +363,6 @@ def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
     monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
     monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
-    monkeypatch.setattr(packed, "COPY_A", packed.COPY_A)
     monkeypatch.setattr(packed, "TILE", packed.TILE)
     timed = []
     real = planner.time_layouts

@@ -24,6 +24,14 @@ from layer_outputs import layer_outputs  # noqa: E402
 pytestmark = pytest.mark.skipif(not cells.numba_enabled(), reason="the numba kernels are off (RNNLAB_NO_NUMBA)")
 
 
+@pytest.fixture(autouse=True)
+def _keep_layout():
+    """Tests that put another layout in force leave the module's as they found it."""
+    before = packed.layout()
+    yield
+    packed.set_layout(before)
+
+
 def _packed_product(a, W, transpose, segments, tile=0):
     """``a @ W^T`` (``transpose``) or ``a @ W`` by the packed GEMM with the tile ``packed.TILES[tile]``,
     panels cut from ``segments`` (each column outside every segment stays NaN)."""
@@ -127,12 +135,11 @@ def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_layout_gives_the_same_bits(dtype, monkeypatch):
-    """The whole products' layouts (:data:`packed.B_IN_PLACE`, :data:`packed.COPY_A`,
-    :data:`packed.TILE`): a C-ordered ``b`` whose columns fill whole vectors is read where it is
-    (the weight gradients' ``h`` has ``T B`` rows) or packed first, the strips of a transposed
-    ``a`` are read in place or copied to unit stride, under either register tile; every element
-    gets the same bits in all eight."""
+def test_every_layout_and_schedule_gives_the_same_bits(dtype, monkeypatch):
+    """The whole products' layouts (:data:`packed.B_IN_PLACE`, :data:`packed.TILE`) and schedules
+    (:func:`packed.candidates`: loop order, block of ``k``, the strips of a transposed ``a`` copied
+    or not): a C-ordered ``b`` whose columns fill whole vectors is read where it is (the weight
+    gradients' ``h`` has ``T B`` rows) or packed first; every element gets the same bits in all."""
     rng = np.random.default_rng(7)
     M, K, N = packed.MC * 8 + 29, 600, 5 * packed.lanes(dtype)  # two row blocks and two k-blocks, the last
     # of each partial, and a partial row tile; the last panel narrower than NR, for either tile
@@ -144,21 +151,57 @@ def test_every_layout_gives_the_same_bits(dtype, monkeypatch):
     packs = []
     real_pack = packed.pack
     monkeypatch.setattr(packed, "pack", lambda *args: packs.append(args[0].shape) or real_pack(*args))
+    schedules = packed.candidates(True)
+    assert len(schedules) == 6 and len(packed.candidates(False)) == 4
     for add in (False, True):
         want = (base if add else 0) + a.astype(np.float64) @ b.astype(np.float64)
         results = []
-        for in_place, copy_a, tile in itertools.product((True, False), (True, False), range(len(packed.TILES))):
-            monkeypatch.setattr(packed, "B_IN_PLACE", in_place)
-            monkeypatch.setattr(packed, "COPY_A", copy_a)
-            monkeypatch.setattr(packed, "TILE", tile)
+        for name, sched in itertools.product(packed.LAYOUTS, schedules):
+            packed.set_layout(name)  # restored by _keep_layout
+            monkeypatch.setattr(packed, "SCHEDULE", sched)
             results.append(packed.matmul(a, b, base.copy(), add))
-            assert packs == ([] if in_place else [(K, N)])
+            assert packs == ([] if packed.B_IN_PLACE else [(K, N)])
             packs.clear()
             results.append(packed.matmul(a, strided, base.copy(), add))
             assert packs.pop() == (K, N)
         for r in results[1:]:
             np.testing.assert_array_equal(r, results[0])
         np.testing.assert_allclose(results[0], want, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("add", [False, True])
+def test_each_shape_runs_the_schedule_timed_fastest_on_its_first_product(add, monkeypatch):
+    """On a shape's first product every candidate schedule runs :data:`packed.TUNE_ROUNDS` times
+    (``out`` restored before each when adding, so the result is one product); the one with the
+    best time is kept for that shape and is the only one its later products run; another shape
+    (or team, or layout) is timed on its own."""
+    monkeypatch.setattr(packed, "_CHOSEN", {})
+    ran, clock = [], [0.0]
+    fast = ("panels", packed.KC_ROWS, False)
+    real = dict(packed.SCHEDULES)
+    for order, fn in real.items():
+        def timed(*args, order=order, fn=fn):
+            sched = (order, args[-1], args[-3] and order == "rows")
+            ran.append(sched)
+            clock[0] += 1.0 if sched == fast else 2.0
+            fn(*args)
+        monkeypatch.setitem(packed.SCHEDULES, order, timed)
+    monkeypatch.setattr(packed.time, "perf_counter", lambda: clock[0])
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((300, 40)).astype(np.float32).T
+    b = rng.standard_normal((300, 24)).astype(np.float32)
+    base = rng.standard_normal((40, 24)).astype(np.float32)
+    want = (base if add else 0) + a.astype(np.float64) @ b
+    got = packed.matmul(a, b, base.copy(), add)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert sorted(ran) == sorted(packed.candidates(True) * packed.TUNE_ROUNDS)
+    key = (40, 300, 24, True, "<f4", packed.operand(b)[0] is b, packed.TILE, 1)
+    assert packed.schedule(key) == fast and packed.chosen() == {key: fast}
+    ran.clear()
+    np.testing.assert_array_equal(packed.matmul(a, b, base.copy(), add), got)
+    assert ran == [fast]
+    packed.matmul(np.ascontiguousarray(a), b, base.copy(), add)  # another shape: a row-major a
+    assert len(ran) == 1 + 4 * packed.TUNE_ROUNDS and len(packed.chosen()) == 2
 
 
 def test_the_layers_products_follow_the_loop_settings(monkeypatch):

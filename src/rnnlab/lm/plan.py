@@ -224,9 +224,10 @@ def layout(model, batch: int, seq_len: int, again: bool = False) -> str | None:
     (:func:`time_layouts`), which is then remembered (unless the machine is
     busy, :func:`busy_load`). None, doing nothing, where the packed kernel does not run this
     model. Which layout wins depends on the CPU's caches and on the shapes, not only on the
-    vector ISA: at LSTM config C, ``dA^T h`` ran at 46-51 GFLOP/s in place and 75-96 copied on an
-    Intel Ice Lake (AVX-512), where the Zen 4 development machine (AVX-512) lost 7-10 % by the
-    copy; on the Ice Lake the 8 x 3 tile ran LSTM's step products 15-30 % faster than the 6 x 4,
+    vector ISA: at LSTM config C, ``dA^T h`` ran at 46-51 GFLOP/s with its operands in place and
+    75-96 with ``h`` packed and ``dA``'s strips copied on an Intel Ice Lake (AVX-512), where the
+    Zen 4 development machine (AVX-512) lost 7-10 % by the copies (which a product's schedule now
+    decides per shape, :func:`rnnlab.nn.packed.schedule`); on the Ice Lake the 8 x 3 tile ran LSTM's step products 15-30 % faster than the 6 x 4,
     and the RNN's at ``H = 128`` slower."""
     if not (_recurrent(model) and backend.xp is np and cells.numba_enabled()):
         return None
@@ -437,7 +438,7 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
 
 
 def _layout_note(plan: Plan) -> str:
-    """`` (operands copied, 8x3 tiles)`` and the like (:func:`layout`) for a packed plan, else nothing."""
+    """`` (operands packed, 8x3 tiles)`` and the like (:func:`layout`) for a packed plan, else nothing."""
     if plan.gemm != "packed":
         return ""
     from ..nn import packed

@@ -32,6 +32,7 @@ Shapes: ``a (M, K)`` rows with unit column stride; ``W (N, K)`` (``transpose``) 
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 from llvmlite import ir
@@ -235,19 +236,18 @@ def _tile(t, a, panel, c, m, nv, add):
 
 # ------------------------------------------------------------------------------ GEMM and packing
 KC = 128
-"""The per-step products, and the whole products of a transposed ``a`` (the weight gradients
-``dA^T x``), run ``k`` in blocks of this many: a panel's block (``KC x NR``, 32 KB with 64-column
-panels) then stays in the L1 cache while the tiles of a block of rows pass, instead of being read
-from L2 by each tile. The blocking changes no bit (each element's sum is one chain over ``k``, see
-the module's docstring). On an Intel Ice Lake, ``dA^T h`` at configs A, B and C, blocks of 512
-against 128 (GFLOP/s, ``python benchmarks/whole_gemms.py --rounds 15 --kc 512,128 --layout L``):
-in place 50, 53, 47 -> 60, 63, 57; copied 69, 66, 75 -> 76, 72, 76."""
+"""The per-step products run ``k`` in blocks of this many: a panel's block (``KC x NR``, 32 KB with
+64-column panels) then stays in the L1 cache while the tiles of a block of rows pass, instead of
+being read from L2 by each tile. The blocking changes no bit (each element's sum is one chain over
+``k``, see the module's docstring). The whole products time it against :data:`KC_ROWS`
+(:func:`candidates`)."""
 
 KC_ROWS = 512
-"""The block of ``k`` of the whole products whose ``a`` is read along its rows (``dA W``,
-``x W^T``): there the tiles read each row of ``a`` in runs of ``KC_ROWS`` elements, and shorter
-runs were mostly slower (the same command: ``dA W`` at B and C, copied, 90 and 87 GFLOP/s with
-blocks of 512, 78 with 128; ``x W^T`` at C 84 against 73)."""
+"""The other block of ``k`` of the whole products: where the tiles read ``a`` along its rows
+(``dA W``, ``x W^T``) they read runs of this many elements, and shorter runs were mostly slower
+there (on an Intel Ice Lake, ``dA W`` at configs B and C 90 and 87 GFLOP/s with blocks of 512, 78
+with 128), while a transposed ``a`` (``dA^T h``) ran faster with :data:`KC` (read in place, 60, 63
+and 57 GFLOP/s at configs A, B and C against 50, 53 and 47: docs/benchmarks.md, point 13)."""
 
 MC = 16
 """Row tiles per block in the whole-sequence products (:func:`_rows`): 96 rows with six-row
@@ -337,7 +337,11 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
     panels per tile) reads every panel again from L3 when they do not fit L2 (``x W^T`` at config C: 4 MB of panels).
     The per-step products, with a few rows of ``a``, keep :func:`gemm`'s order. Each element is
     summed the same way in any order: same bits. ``copy_a``: a block's rows of ``a`` are copied,
-    tile by tile and k-major, to a unit-stride buffer first (see :data:`COPY_A`; same bits)."""
+    tile by tile and k-major, to a unit-stride buffer first (same bits): with ``a = dA^T``, whose
+    rows are ``G H`` floats apart, the tiles' reads along ``k`` fall into a few cache sets.
+    Forced AVX2 on the Zen 4 development machine, ``dA^T h`` at config C ran at 50 GFLOP/s in
+    place and 96 copied with ``h`` packed (OpenBLAS's Haswell kernel: 107); with the AVX-512 tiles
+    the copy cost 7-10 % at configs A and B there (:func:`candidates` times it per shape)."""
     a, c = a[r0:r1], c[r0:r1]
     M, K = a.shape[0], P.shape[-2]
     MR = _MR[t]
@@ -377,31 +381,24 @@ default is the vector ISA's (in place with the 256-byte panels of AVX-512); the 
 measures instead (:func:`rnnlab.lm.plan.layout`). The 64-byte panels of AVX2, read in place from ``b``'s rows kilobytes apart,
 fall into a few cache sets: ``dA W`` at config C (forced AVX2 on the Zen 4 development machine,
 one thread) ran at 69 GFLOP/s in place and 98 packed."""
-COPY_A = not B_IN_PLACE
-"""A transposed ``a`` (``dA^T``, its rows ``G H`` floats apart) is copied a tile's strip at a time
-to unit stride (default: with the AVX2 tiles; the planner measures instead). Forced
-AVX2 on Zen 4: ``dA^T h`` at config C 50 -> 96 GFLOP/s together with packing ``h`` (OpenBLAS's
-Haswell kernel: 107); with the AVX-512 tiles on Zen 4 the copy cost 7-10 % at configs A and B
-(``dA^T h`` at A: 111 -> 100 GFLOP/s), on an Intel Ice Lake it gained 20-90 % at B and C."""
-
-LAYOUTS = {f"{ops}, {mr}x{nv} tiles": (in_place, copy_a, t)
-           for t, (nv, mr) in enumerate(TILES)
-           for ops, (in_place, copy_a) in {"in place": (True, False), "copied": (False, True)}.items()}
-"""The layouts the planner times (:func:`rnnlab.lm.plan.layout`), ``(B_IN_PLACE, COPY_A, TILE)``: the whole products'
-operands read in place or copied, and the register tile (rows x vectors) of every product."""
+LAYOUTS = {f"{ops}, {mr}x{nv} tiles": (in_place, t)
+           for t, (nv, mr) in enumerate(TILES) for ops, in_place in {"in place": True, "packed": False}.items()}
+"""The layouts the planner times (:func:`rnnlab.lm.plan.layout`), ``(B_IN_PLACE, TILE)``: the whole
+products' ``b`` read in place or packed, and the register tile (rows x vectors) of every product.
+The rest of a whole product's schedule is timed per shape (:func:`schedule`)."""
 
 
 def layout() -> str:
-    """The name of the layout in force (``"mixed"`` for a combination not in :data:`LAYOUTS`)."""
-    return next((k for k, v in LAYOUTS.items() if v == (B_IN_PLACE, COPY_A, TILE)), "mixed")
+    """The name of the layout in force."""
+    return next(k for k, v in LAYOUTS.items() if v == (B_IN_PLACE, TILE))
 
 
 def set_layout(name: str) -> None:
     """Put the layout ``name`` (a key of :data:`LAYOUTS`) in force for this process's products
     (each call of :func:`matmul` or of a packed loop over time takes the layout in force when it
     starts). Every layout gives the same bits: only the speed changes."""
-    global B_IN_PLACE, COPY_A, TILE
-    B_IN_PLACE, COPY_A, TILE = LAYOUTS[name]
+    global B_IN_PLACE, TILE
+    B_IN_PLACE, TILE = LAYOUTS[name]
 
 
 @functools.lru_cache(maxsize=256)
@@ -427,26 +424,98 @@ def operand(b: np.ndarray, in_place: bool | None = None) -> tuple[np.ndarray, np
     return P, pcol, pw
 
 
+@njit(**_OPTS)
+def _panels(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
+    """Rows ``r0:r1`` of ``c (+)= a @ B`` in :func:`gemm`'s order (for each block of ``k``, each
+    panel, then every row tile): the arguments of :func:`_rows` (``copy_a`` unused), the same bits."""
+    gemm(a[r0:r1], P, pcol, pw, c[r0:r1], 0, pcol.shape[0], t, add, kc)
+
+
+SCHEDULES = {"rows": _rows, "panels": _panels}
+"""The loop orders of a whole product (the same bits in either): blocks of rows, each over every
+panel (:func:`_rows`), or every row per panel (:func:`_panels`)."""
+
+SCHEDULE = None
+"""``(order, kc, copy_a)`` for every whole product (benchmarks and tests), or None: each shape's
+fastest, timed on its first products (:func:`schedule`)."""
+
+TUNE_ROUNDS = 3
+"""A shape's candidates run this many rounds on its first product (the first round untimed); the
+fastest by its best time is kept for the process."""
+
+_CHOSEN: dict = {}
+
+
+def candidates(transposed: bool) -> list[tuple[str, int, bool]]:
+    """The schedules ``(order, kc, copy_a)`` timed for a whole product: either order, blocks of
+    :data:`KC` or :data:`KC_ROWS`, and for a transposed ``a`` its strips copied or read in place.
+    Which wins depends on the shape, not only on the CPU: on an Intel Ice Lake, LSTM's ``dA^T h``
+    ran fastest uncopied at config A (two panels share each copied strip) and copied at B and C
+    (``python benchmarks/whole_gemms.py --schedules``)."""
+    copies = (False, True) if transposed else (False,)
+    return [(order, kc, c) for order in SCHEDULES for kc in (KC, KC_ROWS)
+            for c in (copies if order == "rows" else (False,))]
+
+
+def schedule(key) -> tuple[str, int, bool] | None:
+    """The schedule in force for the product of ``key`` (see :func:`matmul`): :data:`SCHEDULE`, the
+    one timed for it in this process, or None before its first product."""
+    return SCHEDULE or _CHOSEN.get(key)
+
+
+def chosen() -> dict:
+    """The schedules timed in this process, by product ``(M, K, N, a transposed, dtype, b in
+    place, tile, team)``."""
+    return dict(_CHOSEN)
+
+
+def _tune(key, run, out, add):
+    """Run every candidate schedule ``TUNE_ROUNDS`` times (``out`` restored before each when
+    adding), keep the fastest for ``key``; ``out`` ends with the product, as any one run leaves it."""
+    cands = candidates(key[3])
+    base = out.copy() if add else None
+    best = {c: float("inf") for c in cands}
+    for r in range(TUNE_ROUNDS):
+        for c in cands:
+            if add:
+                out[...] = base
+            t0 = time.perf_counter()
+            run(c)
+            if r:
+                best[c] = min(best[c], time.perf_counter() - t0)
+    _CHOSEN[key] = min(cands, key=best.get)
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, team: int = 1) -> np.ndarray:
     """``out = a @ b`` (``add``: ``out += a @ b``, each element's sum starting from its value in
     ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
     strides, ``b (K, N)`` C-ordered or the transpose of a C-ordered array, ``out (M, N)`` with
     unit column stride; one float dtype. Each element gets the same bits whatever ``team``. A
     C-ordered ``b`` whose columns fill whole vectors is read in place where :data:`B_IN_PLACE`,
-    any other is packed first; a transposed ``a`` is copied strip by strip where :data:`COPY_A`
-    (the same bits every way)."""
+    any other is packed first. The loop order, the block of ``k`` and whether the strips of a
+    transposed ``a`` are copied (:func:`candidates`; the same bits every way) are timed on the
+    first product of each shape and the fastest kept (:func:`schedule`)."""
     M, K = a.shape
     N = b.shape[1]
     if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
     P, pcol, pw = operand(b)
     transposed = a.strides[1] != a.itemsize
-    copy_a = COPY_A and transposed
-    kc = KC if transposed else KC_ROWS
     MR = _MR[TILE]
     blocks = -(-M // MR)
     n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
     cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
-    team_mod.run(_rows, [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, TILE, kc) for j in range(n)], sync)
+
+    def run(sched):
+        order, kc, copy_a = sched
+        team_mod.run(SCHEDULES[order], [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, TILE, kc)
+                                        for j in range(n)], sync)
+
+    key = (M, K, N, transposed, a.dtype.str, P is b, TILE, n)
+    sched = schedule(key)
+    if sched is None:
+        _tune(key, run, out, add)
+    else:
+        run(sched)
     return out
