@@ -1,7 +1,7 @@
 """The whole-sequence GEMMs of a recurrent layer: rnnlab's packed kernel, its schedule timed per
 shape, against NumPy's OpenBLAS, one thread, float32.
 
-    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5] [--layout "packed, 8x3 tiles"]
+    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5] [--layout "8x3 tiles"]
                                      [--schedules]
 
 Besides its per-step products, a layer's training step runs three products over all ``N = T B``
@@ -12,9 +12,10 @@ rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input siz
     dX     dA W_xh    (N, G H) x (G H, H)     the gradient of the layer's input
 
 Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.packed.matmul` in
-the layout ``--layout`` (by default the vector ISA's ``b`` operand and the first tile, as no
-planner runs here), under ``blas`` through ``np.matmul``. ``packed.matmul`` times its candidate
-schedules (:func:`rnnlab.nn.packed.candidates`: loop order, block of ``k``, ``a`` copied or not)
+the layout ``--layout`` (the register tile; by default the first, as no planner runs here), under
+``blas`` through ``np.matmul``. ``packed.matmul`` times its candidate schedules
+(:func:`rnnlab.nn.packed.candidates`: ``b`` in place or packed, loop order, block of ``k``, ``a``
+copied or not)
 on the first product of a shape and keeps the fastest; its column shows that choice's rate and
 names it. ``--schedules``: one column per candidate as well (the same bits, asserted). GFLOP/s,
 median of ``--rounds`` rounds in which every column runs one call in turn (after one untimed call
@@ -41,8 +42,8 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="A,B,C")
     ap.add_argument("--cell", default="lstm", choices=sorted(GATES))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--layout", choices=sorted(packed.LAYOUTS), help="the packed kernel's layout, the b "
-                    "operand and the tile, e.g. 'packed, 8x3 tiles' (default: the vector ISA's b, the first tile)")
+    ap.add_argument("--layout", choices=sorted(packed.LAYOUTS), help="the packed kernel's layout, its "
+                    "register tile, e.g. '8x3 tiles' (default: the first)")
     ap.add_argument("--schedules", action="store_true", help="a column for each candidate schedule too")
     args = ap.parse_args(argv)
     if args.layout:
@@ -50,7 +51,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     f = np.float32
     print(f"{args.cell}, one thread, float32, layout {packed.layout()}, GFLOP/s (median of {args.rounds} "
-          "interleaved rounds): packed (its schedule: order, kc, a copied) | OpenBLAS"
+          "interleaved rounds): packed (its schedule: b, order, kc, a copied) | OpenBLAS"
           f"{' | each candidate' if args.schedules else ''}")
     with threadpool_limits(1):
         for cfg in args.configs.split(","):
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
                 key = next(k for k in packed.chosen() if k[:4] == (*a.shape, b.shape[1], a.strides[1] != a.itemsize)
                            and k[6] == packed.TILE)
                 chosen = packed.schedule(key)
-                cands = packed.candidates(key[3]) if args.schedules else []
+                cands = packed.candidates(key[3], key[4]) if args.schedules else []
 
                 def forced(sched):
                     def run():
@@ -90,7 +91,7 @@ def main(argv=None) -> None:
                         ts.append(time.perf_counter() - t0)
                 flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
                 rates = [f"{flops / statistics.median(ts) / 1e9:6.1f}" for ts in times]
-                label = lambda s: f"{s[0]} {s[1]}{' copied' if s[2] else ''}"  # noqa: E731
+                label = lambda s: f"{'in place' if s[0] else 'packed'}, {s[1]} {s[2]}{', a copied' if s[3] else ''}"  # noqa: E731
                 print(f"  {cfg} {name:<11} {a.shape[0]:>5} x {a.shape[1]:>5} x {b.shape[1]:>5}: {rates[0]} "
                       f"({label(chosen)}) | {rates[1]}"
                       + "".join(f" | {r} ({label(c)})" for r, c in zip(rates[2:], cands)), flush=True)

@@ -117,7 +117,7 @@ def test_choose_times_the_candidates_and_keeps_the_fastest(monkeypatch):
     got = planner.choose(model, 32, 7, log=lines.append)
     want = "packed" if cells.numba_enabled() else "split"
     assert got == Plan(want, 2) and seen[0][:2] == (32, 7)
-    layout = f" (operands {packed.layout()})" if want == "packed" else ""
+    layout = f" ({packed.layout()})" if want == "packed" else ""
     assert lines and lines[0].startswith(f"plan: {want} on 2 threads{layout}, the fastest of")
     assert planner.choose(model, 32, 7, threads=4, plan="split", log=lines.append) == Plan("split", 4)
     assert planner.choose(model, 3, 7, threads=4, plan="split") == Plan("split", 3)
@@ -266,7 +266,7 @@ def test_resume_with_another_plan_says_whether_the_bits_change(tmp_path, capsys)
         assert main(["train", str(text), "--out", str(tmp_path / "team"), "--resume", "--threads", "3",
                      "--max-steps", "5", "--plan", "packed"]) == 0
         out = capsys.readouterr().out
-        assert re.search(r"plan: packed on 3 threads \(operands [a-z ]+, \dx\d tiles\) \(as asked\)", out)
+        assert re.search(r"plan: packed on 3 threads \(\dx\d tiles\) \(as asked\)", out)
         assert "no longer bit-identical" not in out
 
 
@@ -329,23 +329,22 @@ def test_auto_remembers_the_choice_per_machine_and_shape(tmp_path, monkeypatch):
 
 
 def test_time_layouts_times_each_layout_and_puts_the_fastest_in_force(monkeypatch):
-    """:func:`plan.time_layouts` calls the work once per layout of :data:`packed.LAYOUTS`
-    (operands and tile) untimed, then in alternating rounds, more of them while the calls are
-    short, and leaves the layout with the shortest median in force."""
-    monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
-    monkeypatch.setattr(packed, "TILE", packed.TILE)
-    assert len(packed.LAYOUTS) == 4 and {v[1] for v in packed.LAYOUTS.values()} == {0, 1}
-    fast = list(packed.LAYOUTS)[2]
+    """:func:`plan.time_layouts` calls the work once per layout of :data:`packed.LAYOUTS` (the
+    tiles) untimed, then in alternating rounds, more of them while the calls are short, and
+    leaves the layout with the shortest median in force."""
+    monkeypatch.setattr(packed, "TILE", packed.TILE)  # restored after the test
+    assert len(packed.LAYOUTS) == 2 and set(packed.LAYOUTS.values()) == {0, 1}
+    fast = list(packed.LAYOUTS)[1]
     seen = []
     clock = [0.0]
     monkeypatch.setattr(planner.time, "perf_counter", lambda: clock[0])
 
-    def run():  # the fast layout takes 0.01 s a call, the others 0.05 s; its call in round 2 takes 0.3 s
+    def run():  # the fast layout takes 0.01 s a call, the other 0.05 s; its call in round 2 takes 0.3 s
         seen.append(packed.layout())
-        clock[0] += 0.3 if len(seen) == 11 else 0.01 if seen[-1] == fast else 0.05
-    best, med = planner.time_layouts(run, rounds=2, min_seconds=0.9, max_rounds=9)
-    assert best == fast and packed.layout() == fast and (packed.B_IN_PLACE, packed.TILE) == packed.LAYOUTS[fast]
-    assert seen == list(packed.LAYOUTS) * 5  # one untimed round, then rounds until 0.9 s: 0.16 + 0.45 + 0.16 * 2
+        clock[0] += 0.3 if len(seen) == 6 else 0.01 if seen[-1] == fast else 0.05
+    best, med = planner.time_layouts(run, rounds=2, min_seconds=0.5, max_rounds=9)
+    assert best == fast and packed.layout() == fast and packed.TILE == packed.LAYOUTS[fast]
+    assert seen == list(packed.LAYOUTS) * 5  # one untimed round, then rounds until 0.5 s: 0.06 + 0.35 + 0.06 * 2
     assert med[fast] == pytest.approx(0.01) and all(med[k] == pytest.approx(0.05) for k in med if k != fast)
     for name in packed.LAYOUTS:
         packed.set_layout(name)
@@ -354,7 +353,7 @@ def test_time_layouts_times_each_layout_and_puts_the_fastest_in_force(monkeypatc
 
 @numba
 def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch):
-    """Before the candidates are timed, the packed kernel's layouts (tile and operands) are, on
+    """Before the candidates are timed, the packed kernel's layouts (its tiles) are, on
     the model's training step by the packed plan on one thread, and the fastest is remembered for
     this machine and shape: a later run, or a packed plan named by ``--plan``, puts it in force
     without timing; another shape, ``plan="measure"`` or a lost entry times again. The timing
@@ -362,8 +361,7 @@ def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
     monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
-    monkeypatch.setattr(packed, "B_IN_PLACE", packed.B_IN_PLACE)  # restored after the test
-    monkeypatch.setattr(packed, "TILE", packed.TILE)
+    monkeypatch.setattr(packed, "TILE", packed.TILE)  # restored after the test
     timed = []
     real = planner.time_layouts
 
@@ -385,15 +383,15 @@ def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch
     assert planner.choose(model, 32, 7, log=lines.append) == Plan("packed", 2)
     assert len(timed) == 1 and all(not g.any() for g in model.grads.values())
     chosen = packed.layout()
-    assert chosen in packed.LAYOUTS and f"(operands {chosen})" in lines[-1]
+    assert chosen in packed.LAYOUTS and f"({chosen})" in lines[-1]
     other = next(k for k in packed.LAYOUTS if k != chosen)
     packed.set_layout(other)
     assert planner.choose(model, 32, 7, log=lines.append) == Plan("packed", 2) and len(timed) == 1
-    assert packed.layout() == chosen and f"(operands {chosen})" in lines[-1]
+    assert packed.layout() == chosen and f"({chosen})" in lines[-1]
     packed.set_layout(other)
     assert planner.choose(model, 32, 7, plan="packed", log=lines.append) == Plan("packed", 2) and len(timed) == 1
-    assert packed.layout() == chosen and f"(operands {chosen})" in lines[-1]
-    assert planner.choose(model, 32, 7, plan="blas", log=lines.append) == Plan("blas", 2) and "operands" not in lines[-1]
+    assert packed.layout() == chosen and f"({chosen})" in lines[-1]
+    assert planner.choose(model, 32, 7, plan="blas", log=lines.append) == Plan("blas", 2) and "tiles" not in lines[-1]
     assert planner.choose(model, 16, 7, plan="split-packed") == Plan("split-packed", 2) and len(timed) == 2
     assert planner.choose(model, 32, 7, plan="measure") == Plan("packed", 2) and len(timed) == 3
     data = json.loads(planner.cache_path().read_text())

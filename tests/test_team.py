@@ -135,11 +135,12 @@ def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_layout_and_schedule_gives_the_same_bits(dtype, monkeypatch):
-    """The whole products' layouts (:data:`packed.B_IN_PLACE`, :data:`packed.TILE`) and schedules
-    (:func:`packed.candidates`: loop order, block of ``k``, the strips of a transposed ``a`` copied
-    or not): a C-ordered ``b`` whose columns fill whole vectors is read where it is (the weight
-    gradients' ``h`` has ``T B`` rows) or packed first; every element gets the same bits in all."""
+def test_every_tile_and_schedule_gives_the_same_bits(dtype, monkeypatch):
+    """The whole products under either tile (:data:`packed.LAYOUTS`) and every schedule
+    (:func:`packed.candidates`: ``b`` read in place or packed, loop order, block of ``k``, the
+    strips of a transposed ``a`` copied or not): a C-ordered ``b`` whose columns fill whole
+    vectors is read where it is, or packed first; another ``b`` is packed always; every element
+    gets the same bits in all."""
     rng = np.random.default_rng(7)
     M, K, N = packed.MC * 8 + 29, 600, 5 * packed.lanes(dtype)  # two row blocks and two k-blocks, the last
     # of each partial, and a partial row tile; the last panel narrower than NR, for either tile
@@ -151,8 +152,9 @@ def test_every_layout_and_schedule_gives_the_same_bits(dtype, monkeypatch):
     packs = []
     real_pack = packed.pack
     monkeypatch.setattr(packed, "pack", lambda *args: packs.append(args[0].shape) or real_pack(*args))
-    schedules = packed.candidates(True)
-    assert len(schedules) == 6 and len(packed.candidates(False)) == 4
+    schedules = packed.candidates(True, True)
+    assert len(schedules) == 12 and len(packed.candidates(False, True)) == 8
+    assert packed.candidates(True, False) == [s for s in schedules if not s[0]]
     for add in (False, True):
         want = (base if add else 0) + a.astype(np.float64) @ b.astype(np.float64)
         results = []
@@ -160,7 +162,7 @@ def test_every_layout_and_schedule_gives_the_same_bits(dtype, monkeypatch):
             packed.set_layout(name)  # restored by _keep_layout
             monkeypatch.setattr(packed, "SCHEDULE", sched)
             results.append(packed.matmul(a, b, base.copy(), add))
-            assert packs == ([] if packed.B_IN_PLACE else [(K, N)])
+            assert packs == ([] if sched[0] else [(K, N)])
             packs.clear()
             results.append(packed.matmul(a, strided, base.copy(), add))
             assert packs.pop() == (K, N)
@@ -174,14 +176,14 @@ def test_each_shape_runs_the_schedule_timed_fastest_on_its_first_product(add, mo
     """On a shape's first product every candidate schedule runs :data:`packed.TUNE_ROUNDS` times
     (``out`` restored before each when adding, so the result is one product); the one with the
     best time is kept for that shape and is the only one its later products run; another shape
-    (or team, or layout) is timed on its own."""
+    (or team, or tile) is timed on its own."""
     monkeypatch.setattr(packed, "_CHOSEN", {})
     ran, clock = [], [0.0]
-    fast = ("panels", packed.KC_ROWS, False)
+    fast = (False, "panels", packed.KC_ROWS, False)
     real = dict(packed.SCHEDULES)
     for order, fn in real.items():
         def timed(*args, order=order, fn=fn):
-            sched = (order, args[-1], args[-3] and order == "rows")
+            sched = (args[1] is b, order, args[-1], args[-3] and order == "rows")
             ran.append(sched)
             clock[0] += 1.0 if sched == fast else 2.0
             fn(*args)
@@ -189,19 +191,20 @@ def test_each_shape_runs_the_schedule_timed_fastest_on_its_first_product(add, mo
     monkeypatch.setattr(packed.time, "perf_counter", lambda: clock[0])
     rng = np.random.default_rng(8)
     a = rng.standard_normal((300, 40)).astype(np.float32).T
-    b = rng.standard_normal((300, 24)).astype(np.float32)
-    base = rng.standard_normal((40, 24)).astype(np.float32)
+    b = rng.standard_normal((300, 2 * packed.lanes(np.float32))).astype(np.float32)
+    base = rng.standard_normal((40, b.shape[1])).astype(np.float32)
     want = (base if add else 0) + a.astype(np.float64) @ b
     got = packed.matmul(a, b, base.copy(), add)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert sorted(ran) == sorted(packed.candidates(True) * packed.TUNE_ROUNDS)
-    key = (40, 300, 24, True, "<f4", packed.operand(b)[0] is b, packed.TILE, 1)
+    cands = packed.candidates(True, True)
+    assert sorted(ran) == sorted(cands * packed.TUNE_ROUNDS)
+    key = (40, 300, b.shape[1], True, True, "<f4", packed.TILE, 1)
     assert packed.schedule(key) == fast and packed.chosen() == {key: fast}
     ran.clear()
     np.testing.assert_array_equal(packed.matmul(a, b, base.copy(), add), got)
     assert ran == [fast]
     packed.matmul(np.ascontiguousarray(a), b, base.copy(), add)  # another shape: a row-major a
-    assert len(ran) == 1 + 4 * packed.TUNE_ROUNDS and len(packed.chosen()) == 2
+    assert len(ran) == 1 + 8 * packed.TUNE_ROUNDS and len(packed.chosen()) == 2
 
 
 def test_the_layers_products_follow_the_loop_settings(monkeypatch):

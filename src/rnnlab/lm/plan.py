@@ -216,19 +216,17 @@ def measure(model, plans: list[Plan], batch: int, seq_len: int, rounds: int = 3,
 
 
 def layout(model, batch: int, seq_len: int, again: bool = False) -> str | None:
-    """Put in force the packed kernel's layout for ``model`` (its register tile, and the operand
-    layout of the whole-sequence products: :data:`rnnlab.nn.packed.LAYOUTS`; every layout gives
-    the same bits) and return its name: the one remembered for this machine, model and shape
+    """Put in force the packed kernel's layout for ``model`` (its register tile:
+    :data:`rnnlab.nn.packed.LAYOUTS`; every layout gives the same bits) and return its name: the one remembered for this machine, model and shape
     (:func:`cache_path`), or, with none or ``again``, the fastest when the model's training step
     (the packed plan on one thread, :func:`_packed_step`) is timed now under each
     (:func:`time_layouts`), which is then remembered (unless the machine is
     busy, :func:`busy_load`). None, doing nothing, where the packed kernel does not run this
-    model. Which layout wins depends on the CPU's caches and on the shapes, not only on the
-    vector ISA: at LSTM config C, ``dA^T h`` ran at 46-51 GFLOP/s with its operands in place and
-    75-96 with ``h`` packed and ``dA``'s strips copied on an Intel Ice Lake (AVX-512), where the
-    Zen 4 development machine (AVX-512) lost 7-10 % by the copies (which a product's schedule now
-    decides per shape, :func:`rnnlab.nn.packed.schedule`); on the Ice Lake the 8 x 3 tile ran LSTM's step products 15-30 % faster than the 6 x 4,
-    and the RNN's at ``H = 128`` slower."""
+    model. Which tile wins depends on the CPU and on the shapes, not only on the vector ISA: on
+    an Intel Ice Lake (AVX-512) the 8 x 3 tile ran LSTM's step products 15-30 % faster than the
+    6 x 4, and the RNN's at ``H = 128`` slower. (The whole products' operand layouts, timed here
+    too before, are now part of each product's schedule, timed per shape:
+    :func:`rnnlab.nn.packed.schedule`.)"""
     if not (_recurrent(model) and backend.xp is np and cells.numba_enabled()):
         return None
     from ..nn import packed
@@ -274,9 +272,9 @@ def time_layouts(run, rounds: int = 3, min_seconds: float = 1.0, max_rounds: int
 
 
 LAYOUT_ROWS = 2048
-""":func:`layout` times steps of at most this many rows (``seq_len`` shortened): the layouts
-change how the operands sit in the caches, which the blocks of ``k`` and of rows decide, not the
-length of the sequence."""
+""":func:`layout` times steps of at most this many rows (``seq_len`` shortened): the tile changes
+how the products use the registers and caches, which the batch and the blocks of ``k`` and of
+rows decide, not the length of the sequence."""
 
 
 @contextmanager
@@ -314,7 +312,7 @@ def fastest(model, batch: int, seq_len: int, threads: int) -> tuple[Plan, dict[P
     only one candidate). Where the two fastest are within :data:`RUNOFF`, a run-off of
     :data:`RUNOFF_ROUNDS` rounds (at least two seconds of timed steps) between them decides, and
     its medians replace their first ones. Where a candidate runs the packed kernel, its layout
-    (tile and operands) is chosen first (:func:`layout`, timed again) and stays in force."""
+    (the tile) is chosen first (:func:`layout`, timed again) and stays in force."""
     options = candidates(model, batch, threads)
     if len(options) == 1:
         return options[0], {}
@@ -438,12 +436,12 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
 
 
 def _layout_note(plan: Plan) -> str:
-    """`` (operands packed, 8x3 tiles)`` and the like (:func:`layout`) for a packed plan, else nothing."""
+    """`` (8x3 tiles)`` and the like (:func:`layout`) for a packed plan, else nothing."""
     if plan.gemm != "packed":
         return ""
     from ..nn import packed
 
-    return f" (operands {packed.layout()})"
+    return f" ({packed.layout()})"
 
 
 def busy_load() -> str | None:

@@ -375,30 +375,23 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
                         _tile(t, ak[r:], panel, c[r:, col:], m, w, add or k0 > 0)
 
 
-B_IN_PLACE = VECTOR_BYTES * TILES[0][0] >= 256
-"""The whole products read a C-ordered ``b`` in place (no packed copy); else they pack it. The
-default is the vector ISA's (in place with the 256-byte panels of AVX-512); the planner
-measures instead (:func:`rnnlab.lm.plan.layout`). The 64-byte panels of AVX2, read in place from ``b``'s rows kilobytes apart,
-fall into a few cache sets: ``dA W`` at config C (forced AVX2 on the Zen 4 development machine,
-one thread) ran at 69 GFLOP/s in place and 98 packed."""
-LAYOUTS = {f"{ops}, {mr}x{nv} tiles": (in_place, t)
-           for t, (nv, mr) in enumerate(TILES) for ops, in_place in {"in place": True, "packed": False}.items()}
-"""The layouts the planner times (:func:`rnnlab.lm.plan.layout`), ``(B_IN_PLACE, TILE)``: the whole
-products' ``b`` read in place or packed, and the register tile (rows x vectors) of every product.
-The rest of a whole product's schedule is timed per shape (:func:`schedule`)."""
+LAYOUTS = {f"{mr}x{nv} tiles": t for t, (nv, mr) in enumerate(TILES)}
+"""The layouts the planner times (:func:`rnnlab.lm.plan.layout`): the register tile (rows x
+vectors) of every product, :data:`TILE`. The rest of a whole product's schedule, ``b``'s operand
+included, is timed per shape (:func:`schedule`)."""
 
 
 def layout() -> str:
     """The name of the layout in force."""
-    return next(k for k, v in LAYOUTS.items() if v == (B_IN_PLACE, TILE))
+    return next(k for k, v in LAYOUTS.items() if v == TILE)
 
 
 def set_layout(name: str) -> None:
     """Put the layout ``name`` (a key of :data:`LAYOUTS`) in force for this process's products
     (each call of :func:`matmul` or of a packed loop over time takes the layout in force when it
     starts). Every layout gives the same bits: only the speed changes."""
-    global B_IN_PLACE, TILE
-    B_IN_PLACE, TILE = LAYOUTS[name]
+    global TILE
+    TILE = LAYOUTS[name]
 
 
 @functools.lru_cache(maxsize=256)
@@ -406,15 +399,23 @@ def _whole(N: int, nr: int) -> tuple[np.ndarray, np.ndarray]:
     return panels([(0, N)], nr)
 
 
-def operand(b: np.ndarray, in_place: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(P, pcol, pw)``: what the tiles of :func:`matmul` read for ``@ b``. ``b (K, N)`` itself
-    when it is C-ordered, its columns fill whole vectors and ``in_place`` (default
-    :data:`B_IN_PLACE`): no copy, ``b`` has many rows here; else its panels packed into a
-    workspace array."""
+def in_place(b: np.ndarray) -> bool:
+    """Whether :func:`matmul`'s tiles can read ``b (K, N)`` where it is: C-ordered, its columns
+    filling whole vectors."""
+    return b.flags.c_contiguous and b.shape[1] % lanes(b.dtype) == 0
+
+
+def operand(b: np.ndarray, where: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(P, pcol, pw)``: what the tiles of :func:`matmul` read for ``@ b``: ``b`` itself where
+    ``where`` (and :func:`in_place`), else its panels packed into a workspace array. Read in place,
+    the 64-byte panels of AVX2, each row kilobytes from the next, fall into a few cache sets:
+    ``dA W`` at config C (forced AVX2 on the Zen 4 development machine, one thread) ran at 69
+    GFLOP/s in place and 98 packed; with AVX-512's 256-byte panels the Zen 4 preferred ``b`` in
+    place, an Intel Ice Lake packed."""
     K, N = b.shape
     nr = panel_width(b.dtype)
     pcol, pw = _whole(N, nr)
-    if (B_IN_PLACE if in_place is None else in_place) and b.flags.c_contiguous and N % lanes(b.dtype) == 0:
+    if where and in_place(b):
         return b, pcol, pw
     P = workspace.empty((len(pcol), K, nr), b.dtype)
     if b.T.flags.c_contiguous and not b.flags.c_contiguous:
@@ -436,53 +437,56 @@ SCHEDULES = {"rows": _rows, "panels": _panels}
 panel (:func:`_rows`), or every row per panel (:func:`_panels`)."""
 
 SCHEDULE = None
-"""``(order, kc, copy_a)`` for every whole product (benchmarks and tests), or None: each shape's
-fastest, timed on its first products (:func:`schedule`)."""
+"""``(b in place, order, kc, copy a)`` for every whole product (benchmarks and tests), or None:
+each shape's fastest, timed on its first products (:func:`schedule`)."""
 
 TUNE_ROUNDS = 3
-"""A shape's candidates run this many rounds on its first product (the first round untimed); the
-fastest by its best time is kept for the process."""
+"""A shape's candidates run this many rounds, interleaved, on its first product; the fastest by
+its best time is kept for the process."""
 
 _CHOSEN: dict = {}
 
 
-def candidates(transposed: bool) -> list[tuple[str, int, bool]]:
-    """The schedules ``(order, kc, copy_a)`` timed for a whole product: either order, blocks of
-    :data:`KC` or :data:`KC_ROWS`, and for a transposed ``a`` its strips copied or read in place.
-    Which wins depends on the shape, not only on the CPU: on an Intel Ice Lake, LSTM's ``dA^T h``
-    ran fastest uncopied at config A (two panels share each copied strip) and copied at B and C
-    (``python benchmarks/whole_gemms.py --schedules``)."""
-    copies = (False, True) if transposed else (False,)
-    return [(order, kc, c) for order in SCHEDULES for kc in (KC, KC_ROWS)
-            for c in (copies if order == "rows" else (False,))]
+def candidates(transposed: bool, b_in_place: bool) -> list[tuple[bool, str, int, bool]]:
+    """The schedules ``(b in place, order, kc, copy a)`` timed for a whole product: ``b`` read in
+    place (where :func:`in_place`) or packed (the packing timed with the product), either loop
+    order, blocks of :data:`KC` or :data:`KC_ROWS` along ``k``, and for a transposed ``a`` in row
+    blocks its strips copied or read in place. Which wins depends on the shape, not only on the
+    CPU: on an Intel Ice Lake, LSTM's ``dA^T h`` ran fastest in :func:`gemm`'s order, ``dA``
+    uncopied, at config A (where two panels share each copied strip), and in row blocks with its
+    strips copied at B and C (``python benchmarks/whole_gemms.py --schedules``)."""
+    return [(where, order, kc, copy)
+            for where in ((True, False) if b_in_place else (False,))
+            for order in SCHEDULES for kc in (KC, KC_ROWS)
+            for copy in ((False, True) if transposed and order == "rows" else (False,))]
 
 
-def schedule(key) -> tuple[str, int, bool] | None:
+def schedule(key) -> tuple[bool, str, int, bool] | None:
     """The schedule in force for the product of ``key`` (see :func:`matmul`): :data:`SCHEDULE`, the
     one timed for it in this process, or None before its first product."""
     return SCHEDULE or _CHOSEN.get(key)
 
 
 def chosen() -> dict:
-    """The schedules timed in this process, by product ``(M, K, N, a transposed, dtype, b in
-    place, tile, team)``."""
+    """The schedules timed in this process, by product ``(M, K, N, a transposed, b in place
+    possible, dtype, tile, team)``."""
     return dict(_CHOSEN)
 
 
 def _tune(key, run, out, add):
-    """Run every candidate schedule ``TUNE_ROUNDS`` times (``out`` restored before each when
-    adding), keep the fastest for ``key``; ``out`` ends with the product, as any one run leaves it."""
-    cands = candidates(key[3])
+    """Run every candidate schedule :data:`TUNE_ROUNDS` times, interleaved (``out`` restored before
+    each when adding), and keep the fastest for ``key``: ``out`` ends with the product, as one run
+    leaves it."""
+    cands = candidates(key[3], key[4])
     base = out.copy() if add else None
     best = {c: float("inf") for c in cands}
-    for r in range(TUNE_ROUNDS):
+    for _ in range(TUNE_ROUNDS):
         for c in cands:
             if add:
                 out[...] = base
             t0 = time.perf_counter()
             run(c)
-            if r:
-                best[c] = min(best[c], time.perf_counter() - t0)
+            best[c] = min(best[c], time.perf_counter() - t0)
     _CHOSEN[key] = min(cands, key=best.get)
 
 
@@ -490,29 +494,28 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
     """``out = a @ b`` (``add``: ``out += a @ b``, each element's sum starting from its value in
     ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
     strides, ``b (K, N)`` C-ordered or the transpose of a C-ordered array, ``out (M, N)`` with
-    unit column stride; one float dtype. Each element gets the same bits whatever ``team``. A
-    C-ordered ``b`` whose columns fill whole vectors is read in place where :data:`B_IN_PLACE`,
-    any other is packed first. The loop order, the block of ``k`` and whether the strips of a
-    transposed ``a`` are copied (:func:`candidates`; the same bits every way) are timed on the
+    unit column stride; one float dtype. Each element gets the same bits whatever ``team``. Whether
+    ``b`` is read in place or packed, the loop order, the block of ``k`` and whether the strips of
+    a transposed ``a`` are copied (:func:`candidates`; the same bits every way) are timed on the
     first product of each shape and the fastest kept (:func:`schedule`)."""
     M, K = a.shape
     N = b.shape[1]
     if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
-    P, pcol, pw = operand(b)
-    transposed = a.strides[1] != a.itemsize
     MR = _MR[TILE]
     blocks = -(-M // MR)
     n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
     cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
+    tile = TILE
 
     def run(sched):
-        order, kc, copy_a = sched
-        team_mod.run(SCHEDULES[order], [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, TILE, kc)
+        where, order, kc, copy_a = sched
+        P, pcol, pw = operand(b, where)
+        team_mod.run(SCHEDULES[order], [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, tile, kc)
                                         for j in range(n)], sync)
 
-    key = (M, K, N, transposed, a.dtype.str, P is b, TILE, n)
+    key = (M, K, N, a.strides[1] != a.itemsize, in_place(b), a.dtype.str, tile, n)
     sched = schedule(key)
     if sched is None:
         _tune(key, run, out, add)
