@@ -326,7 +326,7 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ whole matrices
 @njit(**_OPTS)
-def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
+def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc, at):
     """Rows ``r0:r1`` of ``c (+)= a @ B`` over every panel, in blocks of ``kc`` ``k`` and,
     inside each, in blocks of :data:`MC` rows: for each block, every panel, then the block's row
     tiles. A panel's block of ``k`` (``kc x NR``) is read by the block's tiles one after another
@@ -341,7 +341,10 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
     rows are ``G H`` floats apart, the tiles' reads along ``k`` fall into a few cache sets.
     Forced AVX2 on the Zen 4 development machine, ``dA^T h`` at config C ran at 50 GFLOP/s in
     place and 96 copied with ``h`` packed (OpenBLAS's Haswell kernel: 107); with the AVX-512 tiles
-    the copy cost 7-10 % at configs A and B there (:func:`candidates` times it per shape)."""
+    the copy cost 7-10 % at configs A and B there (:func:`candidates` times it per shape). ``at``:
+    ``a``'s transpose as a C-ordered array (``dA`` itself), or an empty one: the copy then reads
+    each tile's rows of ``a`` as one run of ``at``'s row, which compiles to vector loads, instead
+    of element by element through ``a``'s strides, which numba does not know at compile time."""
     a, c = a[r0:r1], c[r0:r1]
     M, K = a.shape[0], P.shape[-2]
     MR = _MR[t]
@@ -355,7 +358,15 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
                 for r in range(b0, b1, MR):
                     m, s = min(MR, b1 - r), strip[(r - b0) // MR]
                     for k in range(k1 - k0):
-                        if m == MR and t == 0:  # a constant trip count: unrolled
+                        if at.shape[0] and m == MR and t == 0:  # unit stride, a constant trip count
+                            src = at[k0 + k]
+                            for i in range(_MR[0]):
+                                s[k, i] = src[r0 + r + i]
+                        elif at.shape[0] and m == MR:
+                            src = at[k0 + k]
+                            for i in range(_MR[1]):
+                                s[k, i] = src[r0 + r + i]
+                        elif m == MR and t == 0:  # a constant trip count: unrolled
                             for i in range(_MR[0]):
                                 s[k, i] = ak[r + i, k]
                         elif m == MR:
@@ -426,9 +437,10 @@ def operand(b: np.ndarray, where: bool) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @njit(**_OPTS)
-def _panels(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc):
+def _panels(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc, at):
     """Rows ``r0:r1`` of ``c (+)= a @ B`` in :func:`gemm`'s order (for each block of ``k``, each
-    panel, then every row tile): the arguments of :func:`_rows` (``copy_a`` unused), the same bits."""
+    panel, then every row tile): the arguments of :func:`_rows` (``copy_a`` and ``at`` unused),
+    the same bits."""
     gemm(a[r0:r1], P, pcol, pw, c[r0:r1], 0, pcol.shape[0], t, add, kc)
 
 
@@ -441,8 +453,16 @@ SCHEDULE = None
 each shape's fastest, timed on its first products (:func:`schedule`)."""
 
 TUNE_ROUNDS = 3
-"""A shape's candidates run this many rounds, interleaved, on its first product; the fastest by
-its best time is kept for the process."""
+"""A shape's first product runs every candidate once, then those within :data:`TUNE_CLOSE` of the
+fastest again, interleaved, until each of those ran this many times; the one with the best time
+is kept for the process."""
+
+TUNE_CLOSE = 1.2
+"""The candidates slower than the fastest by more than this factor after the first round are not
+run again, which more than halves the timing's cost: on an Intel Ice Lake, the first training step
+of the trainer's default model (``packed@1``, one thread) took 1.4 s so and 3.2 s with three full
+rounds, against 0.19 s for the steps after; at LSTM config C with two layers 9.3 and 14.6 s
+against 1.27."""
 
 _CHOSEN: dict = {}
 
@@ -474,20 +494,22 @@ def chosen() -> dict:
 
 
 def _tune(key, run, out, add):
-    """Run every candidate schedule :data:`TUNE_ROUNDS` times, interleaved (``out`` restored before
+    """Run the candidate schedules as :data:`TUNE_ROUNDS` says, interleaved (``out`` restored before
     each when adding), and keep the fastest for ``key``: ``out`` ends with the product, as one run
     leaves it."""
     cands = candidates(key[3], key[4])
     base = out.copy() if add else None
     best = {c: float("inf") for c in cands}
-    for _ in range(TUNE_ROUNDS):
+    for r in range(TUNE_ROUNDS):
+        if r:
+            cands = [c for c in cands if best[c] <= TUNE_CLOSE * min(best.values())]
         for c in cands:
             if add:
                 out[...] = base
             t0 = time.perf_counter()
             run(c)
             best[c] = min(best[c], time.perf_counter() - t0)
-    _CHOSEN[key] = min(cands, key=best.get)
+    _CHOSEN[key] = min(best, key=best.get)
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, team: int = 1) -> np.ndarray:
@@ -508,11 +530,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
     cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
     tile = TILE
+    at = a.T if a.T.flags.c_contiguous else np.empty((0, 0), a.dtype)  # (K, M) for a = dA^T
 
     def run(sched):
         where, order, kc, copy_a = sched
         P, pcol, pw = operand(b, where)
-        team_mod.run(SCHEDULES[order], [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, tile, kc)
+        team_mod.run(SCHEDULES[order], [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, tile, kc, at)
                                         for j in range(n)], sync)
 
     key = (M, K, N, a.strides[1] != a.itemsize, in_place(b), a.dtype.str, tile, n)
