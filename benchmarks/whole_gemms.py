@@ -15,9 +15,8 @@ Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.pa
 the layout ``--layout`` (the register tile; by default the first, as no planner runs here), under
 ``blas`` through ``np.matmul``. ``packed.matmul`` times its candidate schedules
 (:func:`rnnlab.nn.packed.candidates`: ``b`` in place or packed, loop order, block of ``k``, ``a``
-copied or not)
-on the first product of a shape and keeps the fastest; its column shows that choice's rate and
-names it. ``--schedules``: one column per candidate as well (the same bits, asserted). GFLOP/s,
+copied or not) on the first product of a shape and keeps the fastest; its column shows that
+choice's rate and names it. ``--schedules``: one column per candidate as well (the same bits, asserted). GFLOP/s,
 median of ``--rounds`` rounds in which every column runs one call in turn (after one untimed call
 each), so that the machine's slow moments fall on all of them. Unset OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE in the command to time NumPy's GEMM at full speed.
