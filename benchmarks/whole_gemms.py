@@ -62,10 +62,9 @@ def main(argv=None) -> None:
             for name, a, b in (("proj x W^T", x, W.T), ("dW dA^T h", dA.T, x), ("dX dA W", dA, W)):
                 out = np.empty((a.shape[0], b.shape[1]), f)
                 packed.matmul(a, b, out)  # times the candidates, keeps the fastest
-                key = next(k for k in packed.chosen() if k[:4] == (*a.shape, b.shape[1], a.strides[1] != a.itemsize)
-                           and k[6] == packed.TILE)
-                chosen = packed.schedule(key)
-                cands = packed.candidates(key[3], key[4]) if args.schedules else []
+                k = packed.key(a, b)
+                chosen = packed.schedule(k)
+                cands = packed.candidates(k[3], k[4]) if args.schedules else []
 
                 def forced(sched):
                     def run():
@@ -90,7 +89,9 @@ def main(argv=None) -> None:
                         ts.append(time.perf_counter() - t0)
                 flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
                 rates = [f"{flops / statistics.median(ts) / 1e9:6.1f}" for ts in times]
-                label = lambda s: f"{'in place' if s[0] else 'packed'}, {s[1]} {s[2]}{', a copied' if s[3] else ''}"  # noqa: E731
+                def label(s):
+                    return f"{'in place' if s[0] else 'packed'}, {s[1]} {s[2]}{', a copied' if s[3] else ''}"
+
                 print(f"  {cfg} {name:<11} {a.shape[0]:>5} x {a.shape[1]:>5} x {b.shape[1]:>5}: {rates[0]} "
                       f"({label(chosen)}) | {rates[1]}"
                       + "".join(f" | {r} ({label(c)})" for r, c in zip(rates[2:], cands)), flush=True)

@@ -202,13 +202,16 @@ def test_each_shape_runs_the_schedule_timed_fastest_on_its_first_product(add, mo
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     cands = packed.candidates(True, True)
     assert sorted(ran) == sorted(cands + [fast, close] * (packed.TUNE_ROUNDS - 1))
-    key = (40, 300, b.shape[1], True, True, "<f4", packed.TILE, 1)
-    assert packed.schedule(key) == fast and packed.chosen() == {key: fast}
+    k = packed.key(a, b)
+    assert k == (64, 512, b.shape[1], True, True, "<f4", packed.TILE, 1)  # M, K rounded up to powers of two
+    assert packed.schedule(k) == fast and packed.chosen() == {k: fast}
     ran.clear()
     np.testing.assert_array_equal(packed.matmul(a, b, base.copy(), add), got)
     assert ran == [fast]
+    packed.matmul(a[:33, 1:], b[1:], base[:33].copy(), add)  # 33 x 299 x N: the same powers of two
+    assert len(ran) == 2 and len(packed.chosen()) == 1
     packed.matmul(np.ascontiguousarray(a), b, base.copy(), add)  # another shape: a row-major a
-    assert len(ran) == 1 + 8 + (packed.TUNE_ROUNDS - 1) and len(packed.chosen()) == 2  # the others 2x slower
+    assert len(ran) == 2 + 8 + (packed.TUNE_ROUNDS - 1) and len(packed.chosen()) == 2  # the others 2x slower
 
 
 def test_the_layers_products_follow_the_loop_settings(monkeypatch):

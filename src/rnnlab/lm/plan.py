@@ -221,8 +221,8 @@ def layout(model, batch: int, seq_len: int, again: bool = False) -> str | None:
     one remembered for this machine, model and shape (:func:`cache_path`), or, with none or
     ``again``, the fastest when the model's training step (the packed plan on one thread,
     :func:`_packed_step`) is timed now under each (:func:`time_layouts`), which is then remembered
-    (unless the machine is busy, :func:`busy_load`). None, doing nothing, where the packed kernel does not run this
-    model. Which tile wins depends on the CPU and on the shapes, not only on the vector ISA: on
+    (unless the machine is busy, :func:`busy_load`). None, doing nothing, where the packed kernel
+    does not run this model. Which tile wins depends on the CPU and on the shapes, not only on the vector ISA: on
     an Intel Ice Lake (AVX-512) the 8 x 3 tile ran LSTM's step products 15-30 % faster than the
     6 x 4, and the RNN's at ``H = 128`` slower. (The whole products' operand layouts, timed here
     too before, are now part of each product's schedule, timed per shape:

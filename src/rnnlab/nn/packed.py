@@ -481,23 +481,38 @@ def candidates(transposed: bool, b_in_place: bool) -> list[tuple[bool, str, int,
             for copy in ((False, True) if transposed and order == "rows" else (False,))]
 
 
-def schedule(key) -> tuple[bool, str, int, bool] | None:
-    """The schedule in force for the product of ``key`` (see :func:`matmul`): :data:`SCHEDULE`, the
-    one timed for it in this process, or None before its first product."""
-    return SCHEDULE or _CHOSEN.get(key)
+def schedule(k) -> tuple[bool, str, int, bool] | None:
+    """The schedule in force for the products of :func:`key` ``k``: :data:`SCHEDULE`, the one timed
+    for them in this process, or None before the first."""
+    return SCHEDULE or _CHOSEN.get(k)
 
 
 def chosen() -> dict:
-    """The schedules timed in this process, by product ``(M, K, N, a transposed, b in place
-    possible, dtype, tile, team)``."""
+    """The schedules timed in this process, by :func:`key`."""
     return dict(_CHOSEN)
 
 
-def _tune(key, run, out, add):
+def _members(M: int, team: int) -> int:
+    """The members of a team of ``team`` that split ``M`` rows: at least a few row tiles each."""
+    return max(1, min(team, -(-M // _MR[TILE]) // 4))
+
+
+def key(a: np.ndarray, b: np.ndarray, team: int = 1) -> tuple:
+    """What a product's schedule is timed and remembered by: ``(M, K, N, a transposed, b in place
+    possible, dtype, tile, members)``, with ``M`` and ``K`` rounded up to a power of two. One of
+    them is the ``T B`` rows of a sequence, which varies from batch to batch where sequences do,
+    and a schedule's speed depends on the blocks of rows and of ``k`` it fills, not on their exact
+    count; ``N`` (the panels) is kept exact."""
+    M, K = a.shape
+    return (1 << max(M - 1, 0).bit_length(), 1 << max(K - 1, 0).bit_length(), b.shape[1],
+            a.strides[1] != a.itemsize, in_place(b), a.dtype.str, TILE, _members(M, team))
+
+
+def _tune(k, run, out, add):
     """Run the candidate schedules as :data:`TUNE_ROUNDS` says, interleaved (``out`` restored before
-    each when adding), and keep the fastest for ``key``: ``out`` ends with the product, as one run
-    leaves it."""
-    cands = candidates(key[3], key[4])
+    each when adding), and keep the fastest for :func:`key` ``k``: ``out`` ends with the product, as
+    one run leaves it."""
+    cands = candidates(k[3], k[4])
     base = out.copy() if add else None
     best = {c: float("inf") for c in cands}
     for r in range(TUNE_ROUNDS):
@@ -509,7 +524,7 @@ def _tune(key, run, out, add):
             t0 = time.perf_counter()
             run(c)
             best[c] = min(best[c], time.perf_counter() - t0)
-    _CHOSEN[key] = min(best, key=best.get)
+    _CHOSEN[k] = min(best, key=best.get)
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, team: int = 1) -> np.ndarray:
@@ -519,14 +534,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
     unit column stride; one float dtype. Each element gets the same bits whatever ``team``. Whether
     ``b`` is read in place or packed, the loop order, the block of ``k`` and whether the strips of
     a transposed ``a`` are copied (:func:`candidates`; the same bits every way) are timed on the
-    first product of each shape and the fastest kept (:func:`schedule`)."""
+    first product of each shape (:func:`key`) and the fastest kept (:func:`schedule`)."""
     M, K = a.shape
     N = b.shape[1]
     if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
     MR = _MR[TILE]
     blocks = -(-M // MR)
-    n = max(1, min(team, blocks // 4))  # at least a few tiles of rows per member
+    n = _members(M, team)
     cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
     tile = TILE
@@ -538,10 +553,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
         team_mod.run(SCHEDULES[order], [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, tile, kc, at)
                                         for j in range(n)], sync)
 
-    key = (M, K, N, a.strides[1] != a.itemsize, in_place(b), a.dtype.str, tile, n)
-    sched = schedule(key)
+    k = key(a, b, team)
+    sched = schedule(k)
     if sched is None:
-        _tune(key, run, out, add)
+        _tune(k, run, out, add)
     else:
         run(sched)
     return out
