@@ -1,8 +1,7 @@
 """The whole-sequence GEMMs of a recurrent layer: rnnlab's packed kernel, its schedule timed per
 shape, against NumPy's OpenBLAS, one thread, float32.
 
-    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5] [--layout "8x3 tiles"]
-                                     [--schedules]
+    python benchmarks/whole_gemms.py [--configs A,B,C] [--cell lstm] [--rounds 5] [--schedules]
 
 Besides its per-step products, a layer's training step runs three products over all ``N = T B``
 rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input size ``H``)::
@@ -11,11 +10,10 @@ rows of the sequence (``G`` gates, hidden size ``H``, a second layer's input siz
     dW     dA^T h     (G H, N) x (N, H)       dW_hh and dW_xh (dA: the gates' gradients, read transposed)
     dX     dA W_xh    (N, G H) x (G H, H)     the gradient of the layer's input
 
-Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.packed.matmul` in
-the layout ``--layout`` (the register tile; by default the first, as no planner runs here), under
-``blas`` through ``np.matmul``. ``packed.matmul`` times its candidate schedules
-(:func:`rnnlab.nn.packed.candidates`: ``b`` in place or packed, loop order, block of ``k``, ``a``
-copied or not) on the first product of a shape and keeps the fastest; its column shows that
+Under the packed plans (``rnnlab.lm.plan``) they run through :func:`rnnlab.nn.packed.matmul`,
+under ``blas`` through ``np.matmul``. ``packed.matmul`` times its candidate schedules
+(:func:`rnnlab.nn.packed.candidates`: register tile, ``b`` in place or packed, loop order, block
+of ``k``, ``a`` copied or not) on the first product of a shape and keeps the fastest; its column shows that
 choice's rate and names it. ``--schedules``: one column per candidate as well (the same bits, asserted). GFLOP/s,
 median of ``--rounds`` rounds in which every column runs one call in turn (after one untimed call
 each), so that the machine's slow moments fall on all of them. Unset OPENBLAS_CORETYPE and
@@ -41,16 +39,12 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="A,B,C")
     ap.add_argument("--cell", default="lstm", choices=sorted(GATES))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--layout", choices=sorted(packed.LAYOUTS), help="the packed kernel's layout, its "
-                    "register tile, e.g. '8x3 tiles' (default: the first)")
     ap.add_argument("--schedules", action="store_true", help="a column for each candidate schedule too")
     args = ap.parse_args(argv)
-    if args.layout:
-        packed.set_layout(args.layout)
     rng = np.random.default_rng(0)
     f = np.float32
-    print(f"{args.cell}, one thread, float32, layout {packed.layout()}, GFLOP/s (median of {args.rounds} "
-          "interleaved rounds): packed (its schedule: b, order, kc, a copied) | OpenBLAS"
+    print(f"{args.cell}, one thread, float32, GFLOP/s (median of {args.rounds} interleaved rounds): "
+          "packed (its schedule: tile, b, order, kc, a copied) | OpenBLAS"
           f"{' | each candidate' if args.schedules else ''}")
     with threadpool_limits(1):
         for cfg in args.configs.split(","):
@@ -90,7 +84,8 @@ def main(argv=None) -> None:
                 flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
                 rates = [f"{flops / statistics.median(ts) / 1e9:6.1f}" for ts in times]
                 def label(s):
-                    return f"{'in place' if s[0] else 'packed'}, {s[1]} {s[2]}{', a copied' if s[3] else ''}"
+                    tile = next(n for n, t in packed.LAYOUTS.items() if t == s[0]).split()[0]
+                    return f"{tile}, {'in place' if s[1] else 'packed'}, {s[2]} {s[3]}{', a copied' if s[4] else ''}"
 
                 print(f"  {cfg} {name:<11} {a.shape[0]:>5} x {a.shape[1]:>5} x {b.shape[1]:>5}: {rates[0]} "
                       f"({label(chosen)}) | {rates[1]}"

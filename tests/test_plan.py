@@ -426,3 +426,54 @@ def test_a_choice_timed_on_a_busy_machine_is_not_remembered(tmp_path, monkeypatc
     assert len(calls) == 3 and planner.cache_path().exists()
     planner.choose(model, 32, 7)
     assert len(calls) == 3  # remembered
+
+
+@numba
+def test_the_whole_products_schedules_are_remembered_per_machine(tmp_path, monkeypatch):
+    """The schedules the whole products timed (:func:`packed.chosen`) are remembered for this
+    machine when the plan is chosen, and a later process puts them in force before its first
+    product, which then runs the remembered schedule alone instead of timing the candidates;
+    entries of another form or damaged ones are skipped, a busy machine remembers nothing, and
+    a schedule timed in the process wins over a remembered one."""
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(planner, "usable_cores", lambda: 2)
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    monkeypatch.setattr(packed, "TILE", packed.TILE)  # restored after the test
+    monkeypatch.setattr(packed, "_CHOSEN", {})
+    monkeypatch.setattr(planner, "measure", lambda m, plans, b, t, **kw: {p: 0.0 if p == Plan("packed", 1) else 1.0
+                                                                          for p in plans})
+    model = _model("lstm", "float32")
+    assert planner.choose(model, 32, 7, threads=1) == Plan("packed", 1)
+    timed = packed.chosen()
+    assert timed  # the layout's timing ran the step's whole products
+    data = json.loads(planner.cache_path().read_text())
+    entry = next(v for k, v in data.items() if "schedules" in v)
+    assert {tuple(k): tuple(s) for k, s in entry["schedules"]} == timed
+
+    monkeypatch.setattr(packed, "_CHOSEN", {})  # a new process
+    other = next(k for k in timed if k[3])  # a dA^T h product
+    fast = next(s for s in packed.candidates(other[3], other[4]) if s != timed[other])
+    monkeypatch.setitem(packed._CHOSEN, other, fast)  # timed in this process already: kept
+    entry["schedules"] += [[[64, 512, 16, True, True, "<f4", 1], [1, False, "rows", 128]],  # an older form
+                           "damaged", [[1, 2], [3]]]
+    planner.cache_path().write_text(json.dumps(data), encoding="utf-8")
+    assert planner.load_schedules() == len(timed) - 1
+    assert packed.chosen() == {**timed, other: fast}
+
+    ran, calls = [], []
+    for order, fn in dict(packed.SCHEDULES).items():
+        monkeypatch.setitem(packed.SCHEDULES, order, lambda *a, fn=fn: ran.append(a[-3:-1]) or fn(*a))
+    real = packed.matmul
+    monkeypatch.setattr(packed, "matmul", lambda *a, **k: calls.append(packed.key(a[0], a[1])) or real(*a, **k))
+    with planner.Plan("packed", 1).batch_shards(model) as shards:  # a step of the remembered shape
+        x, y = _batch(B=32, T=7)
+        shards.step(x, y, None, None, np.random.default_rng(1))
+    assert calls and len(ran) == len(calls)  # one run per product: none timed the candidates
+    assert ran == [packed.chosen()[k][0::3] for k in calls] and packed.chosen() == {**timed, other: fast}
+
+    monkeypatch.setattr(packed, "_CHOSEN", {})
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (3.5, 3.0, 2.0))  # busy: nothing is written
+    before = planner.cache_path().read_text()
+    packed.matmul(np.ones((40, 300), np.float32), np.ones((300, 16), np.float32), np.empty((40, 16), np.float32))
+    planner.save_schedules()
+    assert planner.cache_path().read_text() == before

@@ -139,9 +139,9 @@ def test_whole_matrix_products_split_by_rows_keep_their_bits(transposed):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_tile_and_schedule_gives_the_same_bits(dtype, monkeypatch):
-    """The whole products under either tile (:data:`packed.LAYOUTS`) and every schedule
-    (:func:`packed.candidates`: ``b`` read in place or packed, loop order, block of ``k``, the
-    strips of a transposed ``a`` copied or not): a C-ordered ``b`` whose columns fill whole
+    """The whole products under every schedule (:func:`packed.candidates`: either tile, ``b`` read
+    in place or packed, loop order, block of ``k``, the strips of a transposed ``a`` copied or not),
+    whatever the layout in force: a C-ordered ``b`` whose columns fill whole
     vectors is read where it is, or packed first; another ``b`` is packed always; every element
     gets the same bits in all."""
     rng = np.random.default_rng(7)
@@ -156,8 +156,9 @@ def test_every_tile_and_schedule_gives_the_same_bits(dtype, monkeypatch):
     real_pack = packed.pack
     monkeypatch.setattr(packed, "pack", lambda *args: packs.append(args[0].shape) or real_pack(*args))
     schedules = packed.candidates(True, True)
-    assert len(schedules) == 12 and len(packed.candidates(False, True)) == 8
-    assert packed.candidates(True, False) == [s for s in schedules if not s[0]]
+    assert len(schedules) == 24 and len(packed.candidates(False, True)) == 16
+    assert {s[0] for s in schedules} == set(packed.LAYOUTS.values())
+    assert packed.candidates(True, False) == [s for s in schedules if not s[1]]
     for add in (False, True):
         want = (base if add else 0) + a.astype(np.float64) @ b.astype(np.float64)
         results = []
@@ -165,7 +166,7 @@ def test_every_tile_and_schedule_gives_the_same_bits(dtype, monkeypatch):
             packed.set_layout(name)  # restored by _keep_layout
             monkeypatch.setattr(packed, "SCHEDULE", sched)
             results.append(packed.matmul(a, b, base.copy(), add))
-            assert packs == ([] if sched[0] else [(K, N)])
+            assert packs == ([] if sched[1] else [(K, N)])
             packs.clear()
             results.append(packed.matmul(a, strided, base.copy(), add))
             assert packs.pop() == (K, N)
@@ -179,15 +180,15 @@ def test_each_shape_runs_the_schedule_timed_fastest_on_its_first_product(add, mo
     """On a shape's first product every candidate schedule runs once and those within
     :data:`packed.TUNE_CLOSE` of the fastest until :data:`packed.TUNE_ROUNDS` runs (``out``
     restored before each when adding, so the result is one product); the one with the best time
-    is kept for that shape and is the only one its later products run; another shape (or team,
-    or tile) is timed on its own."""
+    is kept for that shape and is the only one its later products run; another shape (or team)
+    is timed on its own, and the layout in force changes nothing (the tile is in the schedule)."""
     monkeypatch.setattr(packed, "_CHOSEN", {})
     ran, clock = [], [0.0]
-    fast, close = (False, "panels", packed.KC_ROWS, False), (True, "rows", packed.KC, True)
+    fast, close = (0, False, "panels", packed.KC_ROWS, False), (1, True, "rows", packed.KC, True)
     real = dict(packed.SCHEDULES)
     for order, fn in real.items():
         def timed(*args, order=order, fn=fn):
-            sched = (args[1] is b, order, args[-2], args[-4] and order == "rows")
+            sched = (args[-3], args[1] is b, order, args[-2], args[-4] and order == "rows")
             ran.append(sched)
             clock[0] += 1.0 if sched == fast else 1.1 if sched == close else 2.0
             fn(*args)
@@ -203,15 +204,18 @@ def test_each_shape_runs_the_schedule_timed_fastest_on_its_first_product(add, mo
     cands = packed.candidates(True, True)
     assert sorted(ran) == sorted(cands + [fast, close] * (packed.TUNE_ROUNDS - 1))
     k = packed.key(a, b)
-    assert k == (64, 512, b.shape[1], True, True, "<f4", packed.TILE, 1)  # M, K rounded up to powers of two
+    assert k == (64, 512, b.shape[1], True, True, "<f4", 1)  # M, K rounded up to powers of two
     assert packed.schedule(k) == fast and packed.chosen() == {k: fast}
     ran.clear()
     np.testing.assert_array_equal(packed.matmul(a, b, base.copy(), add), got)
     assert ran == [fast]
     packed.matmul(a[:33, 1:], b[1:], base[:33].copy(), add)  # 33 x 299 x N: the same powers of two
     assert len(ran) == 2 and len(packed.chosen()) == 1
+    packed.set_layout(next(n for n, t in packed.LAYOUTS.items() if t != packed.TILE))  # restored by _keep_layout
+    packed.matmul(a, b, base.copy(), add)
+    assert len(ran) == 3 and len(packed.chosen()) == 1
     packed.matmul(np.ascontiguousarray(a), b, base.copy(), add)  # another shape: a row-major a
-    assert len(ran) == 2 + 8 + (packed.TUNE_ROUNDS - 1) and len(packed.chosen()) == 2  # the others 2x slower
+    assert len(ran) == 3 + 16 + (packed.TUNE_ROUNDS - 1) and len(packed.chosen()) == 2  # the others 2x slower
 
 
 def test_the_layers_products_follow_the_loop_settings(monkeypatch):

@@ -25,10 +25,12 @@ close: :func:`fastest`), keeps the fastest by median and remembers it for this m
 shape (:func:`cache_path`): later runs of the same shape take it without timing, and so compute
 the same bits as the first (a choice timed while other work filled the cores is used for that run
 only, :func:`busy_load`). Before the candidates, where some of them run the packed kernel, its
-layout (register tile, and the operand layout of its whole-sequence products) is timed on the
-model's training step and the fastest kept (:func:`layout`; it changes the speed, not the bits)
-and remembered for that shape; a remembered or named packed plan takes the remembered layout (or
-times it, once). ``plan="measure"`` times again;
+layout (the register tile of its per-step products) is timed on the model's training step and
+the fastest kept (:func:`layout`; it changes the speed, not the bits) and remembered for that
+shape; a remembered or named packed plan takes the remembered layout (or times it, once). The
+schedules the whole-sequence products time on their first call (tile, operand, loop order:
+:func:`rnnlab.nn.packed.schedule`) are remembered for the machine too (:func:`save_schedules`),
+so later runs skip that timing as well. ``plan="measure"`` times again;
 ``plan="NAME"`` forces a kind. Only the candidates that can run are timed: the packed kinds need
 numba, the split kinds at least :data:`~rnnlab.lm.shards.MIN_ROWS` rows per shard, and a model
 that is not recurrent (or a CuPy run) has only ``blas``.
@@ -224,13 +226,15 @@ def layout(model, batch: int, seq_len: int, again: bool = False) -> str | None:
     (unless the machine is busy, :func:`busy_load`). None, doing nothing, where the packed kernel
     does not run this model. Which tile wins depends on the CPU and on the shapes, not only on the vector ISA: on
     an Intel Ice Lake (AVX-512) the 8 x 3 tile ran LSTM's step products 15-30 % faster than the
-    6 x 4, and the RNN's at ``H = 128`` slower. (The whole products' operand layouts, timed here
-    too before, are now part of each product's schedule, timed per shape:
-    :func:`rnnlab.nn.packed.schedule`.)"""
+    6 x 4, and the RNN's at ``H = 128`` slower. (The whole products' tiles and operand layouts
+    are part of each product's schedule, timed per shape: :func:`rnnlab.nn.packed.schedule`;
+    those remembered are put in force here too, :func:`load_schedules`.)"""
     if not (_recurrent(model) and backend.xp is np and cells.numba_enabled()):
         return None
     from ..nn import packed
 
+    if not again:
+        load_schedules()
     key = json.dumps({"machine": _machine(), "layout": {"model": model.config(), "batch": batch, "seq_len": seq_len}},
                      sort_keys=True)
     entry = None if again else _cache_read().get(key)
@@ -243,7 +247,55 @@ def layout(model, batch: int, seq_len: int, again: bool = False) -> str | None:
     if busy_load() is None:
         _cache_put(key, {"layout": name, "timings_ms": {k: round(t * 1e3, 3) for k, t in timed.items()},
                          "date": time.strftime("%Y-%m-%d %H:%M")})
+    save_schedules()
     return name
+
+
+def _schedules_key() -> str:
+    return json.dumps({"machine": _machine(), "schedules": "packed.matmul"}, sort_keys=True)
+
+
+def _remembered_schedules(data: dict) -> dict:
+    """The whole products' schedules remembered for this machine in the cache's ``data``, by key."""
+    entry = data.get(_schedules_key())
+    out = {}
+    for item in entry.get("schedules", []) if isinstance(entry, dict) else []:
+        try:
+            k, sched = item
+            out[tuple(k)] = tuple(sched)
+        except (TypeError, ValueError):  # a damaged entry: that product is timed again
+            continue
+    return out
+
+
+def load_schedules() -> int:
+    """Put the whole products' schedules remembered for this machine (:func:`save_schedules`) in
+    force (:func:`rnnlab.nn.packed.remember`), so that their first products skip the timing;
+    returns how many. Like the layout, a schedule changes the speed, not the bits."""
+    if not (backend.xp is np and cells.numba_enabled()):
+        return 0
+    from ..nn import packed
+
+    return packed.remember(_remembered_schedules(_cache_read()))
+
+
+def save_schedules() -> None:
+    """Remember for this machine (:func:`cache_path`) the whole products' schedules timed in this
+    process (:func:`rnnlab.nn.packed.chosen`), beside those remembered before, unless the machine
+    is busy (:func:`busy_load`). The timing costs a model's first step a few times the time of a
+    step (:data:`rnnlab.nn.packed.TUNE_CLOSE`), which later runs on this machine then skip, as
+    FFTW's wisdom does."""
+    if not (backend.xp is np and cells.numba_enabled()):
+        return
+    from ..nn import packed
+
+    mine = packed.chosen()
+    known = _remembered_schedules(_cache_read())
+    merged = {**known, **mine}
+    if not mine or merged == known or busy_load() is not None:
+        return
+    _cache_put(_schedules_key(), {"schedules": [[list(k), list(v)] for k, v in merged.items()],
+                                  "date": time.strftime("%Y-%m-%d %H:%M")})
 
 
 def time_layouts(run, rounds: int = 3, min_seconds: float = 1.0, max_rounds: int = 15) -> tuple[str, dict[str, float]]:
@@ -432,6 +484,7 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
     chosen, timed = fastest(model, batch, seq_len, n)
     if busy is None:
         _cache_write(key, chosen, timed)
+        save_schedules()
     if log:
         log(f"plan: {chosen.describe()}{_layout_note(chosen)}, the fastest of " + ", ".join(
             f"{p.label} {timed[p] * 1e3:.1f} ms" for p in sorted(timed, key=timed.get)) + " per step (forward + backward)"

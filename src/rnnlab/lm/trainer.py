@@ -46,7 +46,7 @@ from .corpus import Corpus
 from .evaluate import evaluate
 from .progress import make_progress
 from .rundir import RunDir
-from .plan import Plan, choose as choose_plan, layout as plan_layout
+from .plan import Plan, choose as choose_plan, layout as plan_layout, save_schedules
 from .shards import BatchShards, blas_limit, usable_cores
 
 FORMAT = "rnnlab-run"
@@ -324,8 +324,8 @@ class Trainer:
     def make_plan(self) -> Plan:
         """The run's parallel plan: a resumed run's, else the one :func:`rnnlab.lm.plan.choose`
         picks for the ``threads`` and ``plan`` options (it says which in the log when showing progress).
-        A resumed packed plan takes its operand layout (:func:`rnnlab.lm.plan.layout`: remembered
-        for this machine and shape, else timed; the same bits in every layout)."""
+        A resumed packed plan takes its layout (:func:`rnnlab.lm.plan.layout`: remembered for this
+        machine and shape, else timed; the same bits in every layout)."""
         cfg = self.cfg
         if self.plan is None:
             self.plan = choose_plan(self.model, cfg.batch, self._step_len(), cfg.threads, cfg.plan,
@@ -389,6 +389,7 @@ class Trainer:
                         window_time += now - t0  # training time only, evaluation excluded
                     else:
                         first_step = now - t0
+                        save_schedules()  # the shapes its whole products timed (rnnlab.nn.packed.schedule)
                     warm = True
                     self.elapsed = now - self._clock_start
                     if window_time > 1.0:

@@ -23,8 +23,9 @@ block, block of ``k`` or thread that computes it: a block of ``k`` stores its pa
 ``c`` and the next block continues it from there. So results do not depend on how the columns,
 rows or ``k`` are split, nor on the tile shape (they do differ from a BLAS in the last bits).
 Two tile shapes (:data:`TILES`) by the vector ISA numba compiles for: AVX-512 (32 registers of
-64 bytes), AVX/AVX2 (16 of 32 bytes), else SSE (16 of 16 bytes); the one in force
-(:data:`TILE`) is chosen by timing (:func:`rnnlab.lm.plan.layout`).
+64 bytes), AVX/AVX2 (16 of 32 bytes), else SSE (16 of 16 bytes); the per-step products' tile
+(:data:`TILE`) is chosen by timing the training step (:func:`rnnlab.lm.plan.layout`), and each
+whole-sequence product's (:func:`matmul`) by timing that product (:func:`schedule`).
 
 Shapes: ``a (M, K)`` rows with unit column stride; ``W (N, K)`` (``transpose``) or ``(K, N)``;
 ``P (panels, K, NR)``; ``c (M, N)`` rows with unit column stride. float32 or float64.
@@ -388,8 +389,9 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc, at):
 
 LAYOUTS = {f"{mr}x{nv} tiles": t for t, (nv, mr) in enumerate(TILES)}
 """The layouts the planner times (:func:`rnnlab.lm.plan.layout`): the register tile (rows x
-vectors) of every product, :data:`TILE`. The rest of a whole product's schedule, ``b``'s operand
-included, is timed per shape (:func:`schedule`)."""
+vectors) of the per-step products, :data:`TILE`, whose weights the loops over time pack once. The
+whole products pack (or read) ``b`` at each call, so their tile is part of their schedule, timed
+per shape (:func:`schedule`)."""
 
 
 def layout() -> str:
@@ -416,15 +418,16 @@ def in_place(b: np.ndarray) -> bool:
     return b.flags.c_contiguous and b.shape[1] % lanes(b.dtype) == 0
 
 
-def operand(b: np.ndarray, where: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(P, pcol, pw)``: what the tiles of :func:`matmul` read for ``@ b``: ``b`` itself where
-    ``where`` (and :func:`in_place`), else its panels packed into a workspace array. Read in place,
+def operand(b: np.ndarray, where: bool, tile: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(P, pcol, pw)``: what the tiles of :func:`matmul` (tile ``TILES[tile]``, default the one
+    in force) read for ``@ b``: ``b`` itself where ``where`` (and :func:`in_place`), else its panels
+    packed into a workspace array. Read in place,
     the 64-byte panels of AVX2, each row kilobytes from the next, fall into a few cache sets:
     ``dA W`` at config C (forced AVX2 on the Zen 4 development machine, one thread) ran at 69
     GFLOP/s in place and 98 packed; with AVX-512's 256-byte panels the Zen 4 preferred ``b`` in
     place, an Intel Ice Lake packed."""
     K, N = b.shape
-    nr = panel_width(b.dtype)
+    nr = panel_width(b.dtype, tile)
     pcol, pw = _whole(N, nr)
     if where and in_place(b):
         return b, pcol, pw
@@ -449,7 +452,7 @@ SCHEDULES = {"rows": _rows, "panels": _panels}
 panel (:func:`_rows`), or every row per panel (:func:`_panels`)."""
 
 SCHEDULE = None
-"""``(b in place, order, kc, copy a)`` for every whole product (benchmarks and tests), or None:
+"""``(tile, b in place, order, kc, copy a)`` for every whole product (benchmarks and tests), or None:
 each shape's fastest, timed on its first products (:func:`schedule`)."""
 
 TUNE_ROUNDS = 3
@@ -467,45 +470,65 @@ against 1.27."""
 _CHOSEN: dict = {}
 
 
-def candidates(transposed: bool, b_in_place: bool) -> list[tuple[bool, str, int, bool]]:
-    """The schedules ``(b in place, order, kc, copy a)`` timed for a whole product: ``b`` read in
-    place (where :func:`in_place`) or packed (the packing timed with the product), either loop
-    order, blocks of :data:`KC` or :data:`KC_ROWS` along ``k``, and for a transposed ``a`` in row
-    blocks its strips copied or read in place. Which wins depends on the shape, not only on the
-    CPU: on an Intel Ice Lake, LSTM's ``dA^T h`` ran fastest in :func:`gemm`'s order, ``dA``
-    uncopied, at config A (where two panels share each copied strip), and in row blocks with its
-    strips copied at B and C (``python benchmarks/whole_gemms.py --schedules``)."""
-    return [(where, order, kc, copy)
+def candidates(transposed: bool, b_in_place: bool) -> list[tuple[int, bool, str, int, bool]]:
+    """The schedules ``(tile, b in place, order, kc, copy a)`` timed for a whole product: either
+    register tile (:data:`TILES`), ``b`` read in place (where :func:`in_place`) or packed (the
+    packing timed with the product), either loop order, blocks of :data:`KC` or :data:`KC_ROWS`
+    along ``k``, and for a transposed ``a`` in row blocks its strips copied or read in place. Which
+    wins depends on the shape, not only on the CPU: on an Intel Ice Lake, LSTM's ``dA^T h`` ran
+    fastest in :func:`gemm`'s order, ``dA`` uncopied, at config A (where two panels share each
+    copied strip), and in row blocks with its strips copied at B and C; the products of ``H = 128``
+    columns ran faster with the 64-column panels of the 6 x 4 tile, which the 8 x 3 tile's 48 cut
+    unevenly, while that tile ran the per-step products faster (``python
+    benchmarks/whole_gemms.py --schedules``)."""
+    return [(tile, where, order, kc, copy)
+            for tile in range(len(TILES))
             for where in ((True, False) if b_in_place else (False,))
             for order in SCHEDULES for kc in (KC, KC_ROWS)
             for copy in ((False, True) if transposed and order == "rows" else (False,))]
 
 
-def schedule(k) -> tuple[bool, str, int, bool] | None:
+def schedule(k) -> tuple[int, bool, str, int, bool] | None:
     """The schedule in force for the products of :func:`key` ``k``: :data:`SCHEDULE`, the one timed
     for them in this process, or None before the first."""
     return SCHEDULE or _CHOSEN.get(k)
 
 
 def chosen() -> dict:
-    """The schedules timed in this process, by :func:`key`."""
+    """The schedules timed in this process (or taken by :func:`remember`), by :func:`key`."""
     return dict(_CHOSEN)
 
 
+def remember(entries: dict) -> int:
+    """Take schedules timed before, ``{key: schedule}`` (:func:`key`, :func:`candidates`; e.g.
+    remembered on disk for this machine by :func:`rnnlab.lm.plan.save_schedules`), for the keys
+    not yet timed in this process, so their first products skip the timing. Entries of another
+    form (an older version's) are skipped. Returns how many were taken."""
+    taken = 0
+    for k, sched in entries.items():
+        ok = (isinstance(k, tuple) and len(k) == 7 and all(isinstance(x, bool) for x in k[3:5])
+              and isinstance(k[5], str) and all(type(x) is int for x in (*k[:3], k[6])))
+        if ok and k not in _CHOSEN and sched in candidates(k[3], k[4]):
+            _CHOSEN[k] = sched
+            taken += 1
+    return taken
+
+
 def _members(M: int, team: int) -> int:
-    """The members of a team of ``team`` that split ``M`` rows: at least a few row tiles each."""
-    return max(1, min(team, -(-M // _MR[TILE]) // 4))
+    """The members of a team of ``team`` that split ``M`` rows: at least a few row tiles each
+    (of the taller tile, so the count does not depend on the tile)."""
+    return max(1, min(team, -(-M // max(_MR)) // 4))
 
 
 def key(a: np.ndarray, b: np.ndarray, team: int = 1) -> tuple:
     """What a product's schedule is timed and remembered by: ``(M, K, N, a transposed, b in place
-    possible, dtype, tile, members)``, with ``M`` and ``K`` rounded up to a power of two. One of
+    possible, dtype, members)``, with ``M`` and ``K`` rounded up to a power of two. One of
     them is the ``T B`` rows of a sequence, which varies from batch to batch where sequences do,
     and a schedule's speed depends on the blocks of rows and of ``k`` it fills, not on their exact
     count; ``N`` (the panels) is kept exact."""
     M, K = a.shape
     return (1 << max(M - 1, 0).bit_length(), 1 << max(K - 1, 0).bit_length(), b.shape[1],
-            a.strides[1] != a.itemsize, in_place(b), a.dtype.str, TILE, _members(M, team))
+            a.strides[1] != a.itemsize, in_place(b), a.dtype.str, _members(M, team))
 
 
 def _tune(k, run, out, add):
@@ -531,25 +554,25 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, add: bool = False, tea
     """``out = a @ b`` (``add``: ``out += a @ b``, each element's sum starting from its value in
     ``out``) by the packed kernel, the rows of ``a`` split over a team of ``team`` threads. ``a (M, K)`` any
     strides, ``b (K, N)`` C-ordered or the transpose of a C-ordered array, ``out (M, N)`` with
-    unit column stride; one float dtype. Each element gets the same bits whatever ``team``. Whether
-    ``b`` is read in place or packed, the loop order, the block of ``k`` and whether the strips of
-    a transposed ``a`` are copied (:func:`candidates`; the same bits every way) are timed on the
-    first product of each shape (:func:`key`) and the fastest kept (:func:`schedule`)."""
+    unit column stride; one float dtype. Each element gets the same bits whatever ``team``. The
+    register tile, whether ``b`` is read in place or packed, the loop order, the block of ``k`` and
+    whether the strips of a transposed ``a`` are copied (:func:`candidates`; the same bits every
+    way) are timed on the first product of each shape (:func:`key`) and the fastest kept
+    (:func:`schedule`)."""
     M, K = a.shape
     N = b.shape[1]
     if b.shape[0] != K or out.shape != (M, N) or not a.dtype == b.dtype == out.dtype:
         raise ValueError(f"packed.matmul: {a.shape} @ {b.shape} -> {out.shape} ({a.dtype}, {b.dtype}, {out.dtype})")
-    MR = _MR[TILE]
-    blocks = -(-M // MR)
     n = _members(M, team)
-    cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]
     sync = spin.new_sync(n)
-    tile = TILE
     at = a.T if a.T.flags.c_contiguous else np.empty((0, 0), a.dtype)  # (K, M) for a = dA^T
 
     def run(sched):
-        where, order, kc, copy_a = sched
-        P, pcol, pw = operand(b, where)
+        tile, where, order, kc, copy_a = sched
+        MR = _MR[tile]
+        blocks = -(-M // MR)
+        cut = [min(M, round(blocks * j / n) * MR) for j in range(n + 1)]  # whole row tiles per member
+        P, pcol, pw = operand(b, where, tile)
         team_mod.run(SCHEDULES[order], [(a, P, pcol, pw, out, cut[j], cut[j + 1], add, copy_a, tile, kc, at)
                                         for j in range(n)], sync)
 
