@@ -21,3 +21,13 @@ def _plan_cache(tmp_path_factory):
     mp.setenv("RNNLAB_CACHE_DIR", str(tmp_path_factory.mktemp("rnnlab-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_so_far():
+    """Each test starts as a fresh process would: no busy machine seen yet (rnnlab.lm.plan does
+    not remember what a process timed after it found the machine busy)."""
+    from rnnlab.lm import plan
+
+    plan._BUSY_SEEN = False
+    yield

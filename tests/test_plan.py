@@ -372,7 +372,7 @@ def test_the_layout_is_timed_once_per_shape_and_remembered(tmp_path, monkeypatch
         monkeypatch.setattr(packed, "matmul", lambda *a, **k: tiles.append(packed.TILE) or real_matmul(*a, **k))
         best = real(run, rounds=1, min_seconds=0)
         monkeypatch.setattr(packed, "matmul", real_matmul)
-        assert set(tiles) == {0, 1}  # the step's whole products ran under each tile
+        assert set(tiles) == {0, 1}  # the step ran under each layout
         return best
 
     monkeypatch.setattr(planner, "time_layouts", time_layouts)
@@ -432,9 +432,11 @@ def test_a_choice_timed_on_a_busy_machine_is_not_remembered(tmp_path, monkeypatc
 def test_the_whole_products_schedules_are_remembered_per_machine(tmp_path, monkeypatch):
     """The schedules the whole products timed (:func:`packed.chosen`) are remembered for this
     machine when the plan is chosen, and a later process puts them in force before its first
-    product, which then runs the remembered schedule alone instead of timing the candidates;
-    entries of another form or damaged ones are skipped, a busy machine remembers nothing, and
-    a schedule timed in the process wins over a remembered one."""
+    product (or before it times the plans of a new shape), which then runs the remembered
+    schedule alone instead of timing the candidates; entries of another form (an older
+    version's) or damaged ones are skipped, a schedule timed in the process wins over a
+    remembered one, and once the process found the machine busy it remembers nothing until its
+    next choice of a plan."""
     monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(planner, "usable_cores", lambda: 2)
     monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
@@ -454,11 +456,17 @@ def test_the_whole_products_schedules_are_remembered_per_machine(tmp_path, monke
     other = next(k for k in timed if k[3])  # a dA^T h product
     fast = next(s for s in packed.candidates(other[3], other[4]) if s != timed[other])
     monkeypatch.setitem(packed._CHOSEN, other, fast)  # timed in this process already: kept
-    entry["schedules"] += [[[64, 512, 16, True, True, "<f4", 1], [1, False, "rows", 128]],  # an older form
-                           "damaged", [[1, 2], [3]]]
+    entry["schedules"] += [[[64, 512, 16, True, True, "<f4", 0, 1], [False, "rows", 128, False]],  # the form
+                           [[64, 512, 16, True, True, "<f4", 1], [1, False, "rows", 128]],  # before d72d4c2
+                           "damaged", [[1, 2], [3]], [None, None], [[64, 512, 16, True, True, "<f4", 1], [9, False,
+                                                                                               "rows", 128, False]]]
     planner.cache_path().write_text(json.dumps(data), encoding="utf-8")
     assert planner.load_schedules() == len(timed) - 1
     assert packed.chosen() == {**timed, other: fast}
+    monkeypatch.setattr(packed, "_CHOSEN", {})
+    assert planner.choose(model, 32, 9, threads=1) == Plan("packed", 1)  # a new shape, its plans timed
+    assert packed.chosen().items() >= timed.items()  # with the remembered schedules in force
+    monkeypatch.setattr(packed, "_CHOSEN", {**timed, other: fast})
 
     ran, calls = [], []
     for order, fn in dict(packed.SCHEDULES).items():
@@ -477,3 +485,29 @@ def test_the_whole_products_schedules_are_remembered_per_machine(tmp_path, monke
     packed.matmul(np.ones((40, 300), np.float32), np.ones((300, 16), np.float32), np.empty((40, 16), np.float32))
     planner.save_schedules()
     assert planner.cache_path().read_text() == before
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))  # quiet again, but timed busy
+    planner.save_schedules()
+    assert planner.cache_path().read_text() == before
+    known = _remembered(planner)
+    planner.choose(model, 32, 7, threads=1, plan="measure")  # a new choice, on a quiet machine
+    assert _remembered(planner) == {**known, **packed.chosen()} != known  # the 40 x 300 product's among them
+
+
+def _remembered(planner):
+    return planner._remembered_schedules(json.loads(planner.cache_path().read_text()))
+
+
+@numba
+def test_a_damaged_schedules_entry_is_timed_again(tmp_path, monkeypatch):
+    """A plan cache whose schedules entry is valid JSON of the wrong shape loads nothing and is
+    written over by the next save."""
+    monkeypatch.setenv("RNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    monkeypatch.setattr(packed, "_CHOSEN", {})
+    for bad in (None, 3, True, {"a": 1}, [[1]]):
+        planner.cache_path().parent.mkdir(parents=True, exist_ok=True)
+        planner.cache_path().write_text(json.dumps({planner._schedules_key(): {"schedules": bad}}), encoding="utf-8")
+        assert planner.load_schedules() == 0 and packed.chosen() == {}
+    packed.matmul(np.ones((40, 300), np.float32), np.ones((300, 16), np.float32), np.empty((40, 16), np.float32))
+    planner.save_schedules()
+    assert _remembered(planner) == packed.chosen() and len(packed.chosen()) == 1

@@ -244,7 +244,7 @@ def layout(model, batch: int, seq_len: int, again: bool = False) -> str | None:
         return name
     with _packed_step(model, batch, seq_len) as step:
         name, timed = time_layouts(step)
-    if busy_load() is None:
+    if _not_busy():
         _cache_put(key, {"layout": name, "timings_ms": {k: round(t * 1e3, 3) for k, t in timed.items()},
                          "date": time.strftime("%Y-%m-%d %H:%M")})
     save_schedules()
@@ -256,15 +256,21 @@ def _schedules_key() -> str:
 
 
 def _remembered_schedules(data: dict) -> dict:
-    """The whole products' schedules remembered for this machine in the cache's ``data``, by key."""
+    """The whole products' schedules remembered for this machine in the cache's ``data``, by key:
+    those of the current form (:func:`rnnlab.nn.packed.valid`); a damaged or older entry is left
+    out, and its product is timed again."""
+    from ..nn import packed
+
     entry = data.get(_schedules_key())
+    items = entry.get("schedules") if isinstance(entry, dict) else None
     out = {}
-    for item in entry.get("schedules", []) if isinstance(entry, dict) else []:
+    for item in items if isinstance(items, list) else []:
         try:
-            k, sched = item
-            out[tuple(k)] = tuple(sched)
-        except (TypeError, ValueError):  # a damaged entry: that product is timed again
+            k, sched = (tuple(x) for x in item)
+        except (TypeError, ValueError):
             continue
+        if packed.valid(k, sched):
+            out[k] = sched
     return out
 
 
@@ -281,18 +287,21 @@ def load_schedules() -> int:
 
 def save_schedules() -> None:
     """Remember for this machine (:func:`cache_path`) the whole products' schedules timed in this
-    process (:func:`rnnlab.nn.packed.chosen`), beside those remembered before, unless the machine
-    is busy (:func:`busy_load`). The timing costs a model's first step a few times the time of a
-    step (:data:`rnnlab.nn.packed.TUNE_CLOSE`), which later runs on this machine then skip, as
-    FFTW's wisdom does."""
+    process (:func:`rnnlab.nn.packed.chosen`), beside those remembered before, unless this
+    process found the machine busy, then or before (:func:`_not_busy`): schedules timed under
+    load are for this run only, as plans are. The timing costs a model's first step a few times
+    the time of a step (:data:`rnnlab.nn.packed.TUNE_CLOSE`), which later runs on this machine
+    then skip, as FFTW's wisdom does."""
     if not (backend.xp is np and cells.numba_enabled()):
         return
     from ..nn import packed
 
     mine = packed.chosen()
+    if not mine:
+        return
     known = _remembered_schedules(_cache_read())
     merged = {**known, **mine}
-    if not mine or merged == known or busy_load() is not None:
+    if merged == known or not _not_busy():
         return
     _cache_put(_schedules_key(), {"schedules": [[list(k), list(v)] for k, v in merged.items()],
                                   "date": time.strftime("%Y-%m-%d %H:%M")})
@@ -448,6 +457,7 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
     (:func:`fastest`) and remembers the fastest, so that later runs of the same shape compute the
     same bits without timing again; ``"measure"`` times them even so and remembers the new
     choice. ``log`` receives one line saying which plan and why."""
+    global _BUSY_SEEN
     n = threads if threads > 0 else usable_cores()
     if plan not in (AUTO, MEASURE):
         if plan not in KINDS:
@@ -466,6 +476,8 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
     options = candidates(model, batch, n)
     if len(options) == 1:
         return options[0]
+    if plan == AUTO:  # a new shape's plans are timed with the products' remembered schedules
+        load_schedules()
     key = _cache_key(model, batch, seq_len, n)
     if plan == AUTO:
         hit = _cache_read().get(key)
@@ -481,6 +493,7 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
                     f"this model on {hit.get('date', '?')} (--plan measure times the candidates again)")
             return chosen
     busy = busy_load()
+    _BUSY_SEEN = busy is not None  # a new choice: the load before it does not matter
     chosen, timed = fastest(model, batch, seq_len, n)
     if busy is None:
         _cache_write(key, chosen, timed)
@@ -499,6 +512,18 @@ def _layout_note(plan: Plan) -> str:
     from ..nn import packed
 
     return f" ({packed.layout()})"
+
+
+_BUSY_SEEN = False
+
+
+def _not_busy() -> bool:
+    """Whether the machine is quiet now (:func:`busy_load`) and was at each check since the last
+    :func:`choose` of this process: what was timed once the machine was busy (the plans, a
+    layout, the whole products' schedules of the run's first step) is not remembered."""
+    global _BUSY_SEEN
+    _BUSY_SEEN = _BUSY_SEEN or busy_load() is not None
+    return not _BUSY_SEEN
 
 
 def busy_load() -> str | None:

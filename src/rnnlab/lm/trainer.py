@@ -467,6 +467,7 @@ class Trainer:
         if improved or (not math.isfinite(val) and not self.run.checkpoint_path("best").exists()):
             self.save("best")
         self.save("last")
+        save_schedules()  # those of the shapes met since the first step (validation's, in particular)
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         append_jsonl(self.run.metrics, record)
         if self.on_eval is not None and self.on_eval(dict(record)):

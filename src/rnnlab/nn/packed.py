@@ -400,9 +400,10 @@ def layout() -> str:
 
 
 def set_layout(name: str) -> None:
-    """Put the layout ``name`` (a key of :data:`LAYOUTS`) in force for this process's products
-    (each call of :func:`matmul` or of a packed loop over time takes the layout in force when it
-    starts). Every layout gives the same bits: only the speed changes."""
+    """Put the layout ``name`` (a key of :data:`LAYOUTS`) in force for this process's per-step
+    products (each packed loop over time takes the layout in force when it starts; the whole
+    products choose their tile per shape, :func:`schedule`). Every layout gives the same bits:
+    only the speed changes."""
     global TILE
     TILE = LAYOUTS[name]
 
@@ -462,10 +463,12 @@ is kept for the process."""
 
 TUNE_CLOSE = 1.2
 """The candidates slower than the fastest by more than this factor after the first round are not
-run again, which more than halves the timing's cost: on an Intel Ice Lake, the first training step
-of the trainer's default model (``packed@1``, one thread) took 1.4 s so and 3.2 s with three full
-rounds, against 0.19 s for the steps after; at LSTM config C with two layers 9.3 and 14.6 s
-against 1.27."""
+run again, which more than halves the timing's cost: on an Intel Ice Lake, with the candidates of
+one tile, the first training step of the trainer's default model (``packed@1``, one thread) took
+1.4 s so and 3.2 s with three full rounds, against 0.19 s for the steps after; at LSTM config C
+with two layers 9.3 and 14.6 s against 1.27. With both tiles' candidates: 2.7 s against 0.21, and
+14.8 s against 1.6. The planner remembers the choices per machine
+(:func:`rnnlab.lm.plan.save_schedules`), so that cost falls on a machine's first run of a shape."""
 
 _CHOSEN: dict = {}
 
@@ -506,12 +509,17 @@ def remember(entries: dict) -> int:
     form (an older version's) are skipped. Returns how many were taken."""
     taken = 0
     for k, sched in entries.items():
-        ok = (isinstance(k, tuple) and len(k) == 7 and all(isinstance(x, bool) for x in k[3:5])
-              and isinstance(k[5], str) and all(type(x) is int for x in (*k[:3], k[6])))
-        if ok and k not in _CHOSEN and sched in candidates(k[3], k[4]):
+        if valid(k, sched) and k not in _CHOSEN:
             _CHOSEN[k] = sched
             taken += 1
     return taken
+
+
+def valid(k, sched) -> bool:
+    """Whether ``k`` has the form of a :func:`key` and ``sched`` is one of its :func:`candidates`."""
+    return (isinstance(k, tuple) and len(k) == 7 and all(isinstance(x, bool) for x in k[3:5])
+            and isinstance(k[5], str) and all(type(x) is int for x in (*k[:3], k[6]))
+            and isinstance(sched, tuple) and sched in candidates(k[3], k[4]))
 
 
 def _members(M: int, team: int) -> int:
