@@ -476,8 +476,6 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
     options = candidates(model, batch, n)
     if len(options) == 1:
         return options[0]
-    if plan == AUTO:  # a new shape's plans are timed with the products' remembered schedules
-        load_schedules()
     key = _cache_key(model, batch, seq_len, n)
     if plan == AUTO:
         hit = _cache_read().get(key)
@@ -492,6 +490,7 @@ def choose(model, batch: int, seq_len: int, threads: int = 0, plan: str = AUTO, 
                 log(f"plan: {chosen.describe()}{_layout_note(chosen)}, the fastest when measured on this machine for "
                     f"this model on {hit.get('date', '?')} (--plan measure times the candidates again)")
             return chosen
+        load_schedules()  # a new shape's plans are timed with the products' remembered schedules
     busy = busy_load()
     _BUSY_SEEN = busy is not None  # a new choice: the load before it does not matter
     chosen, timed = fastest(model, batch, seq_len, n)

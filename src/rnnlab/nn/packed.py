@@ -419,9 +419,8 @@ def in_place(b: np.ndarray) -> bool:
     return b.flags.c_contiguous and b.shape[1] % lanes(b.dtype) == 0
 
 
-def operand(b: np.ndarray, where: bool, tile: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(P, pcol, pw)``: what the tiles of :func:`matmul` (tile ``TILES[tile]``, default the one
-    in force) read for ``@ b``: ``b`` itself where ``where`` (and :func:`in_place`), else its panels
+def operand(b: np.ndarray, where: bool, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(P, pcol, pw)``: what the tiles of :func:`matmul` (tile ``TILES[tile]``) read for ``@ b``: ``b`` itself where ``where`` (and :func:`in_place`), else its panels
     packed into a workspace array. Read in place,
     the 64-byte panels of AVX2, each row kilobytes from the next, fall into a few cache sets:
     ``dA W`` at config C (forced AVX2 on the Zen 4 development machine, one thread) ran at 69
