@@ -145,7 +145,7 @@ def _product_impl(g, trans_b, a, W, c):
         return lambda g, trans_b, a, W, c: _mm(g[0], g[1], trans_b, a, W, c)
     def impl(g, trans_b, a, W, c):
         _check(trans_b, a, W, c)
-        packed.gemm(a, g[0], g[1], g[2], c, g[3], g[4], g[5])
+        packed.gemm(a, g[0], g[1], g[2], c, g[3], g[4], g[5], False, packed.step_kc(g[0]))
 
     return impl
 
