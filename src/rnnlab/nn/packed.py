@@ -364,10 +364,10 @@ def _strips(ak, at, strip, r0, b0, b1, k0, k1, t):
     :func:`_rows`. With ``at`` (``a``'s transpose, C-ordered; ``a = dA^T``) the copy reads ``at``
     16 rows at a time, each row's run of ``b1 - b0`` elements from memory once and in order, and
     deals those 16 ``k`` out to every tile's strip, which is then written in order too (row by row
-    of ``at`` it would write one element every ``kc MR`` floats, all in one cache set). Tile by tile
-    over all of ``k``, as before, each tile read a few elements of every row of ``at``, rows a page
-    apart: on an Intel Ice Lake (AVX-512) the copy took 20 ms of the 122 of LSTM's ``dA^T h`` at
-    config C, now 7.5 (reading ``dA`` at the memory's speed takes 5.3). Else element by element
+    of ``at`` it would write one element every ``kc MR`` floats, all in one cache set). Copied tile
+    by tile over all of ``k`` instead, each tile reads a few elements of every row of ``at``, rows
+    a page apart: on an Intel Ice Lake (AVX-512) that copy took 20 ms of the 122 of LSTM's ``dA^T
+    h`` at config C, this one 7.5 (NumPy reads ``dA`` in 5.3). Without ``at``: element by element
     through ``a``'s strides."""
     MR = _MR[t]
     full = (b1 - b0) // MR  # whole row tiles
