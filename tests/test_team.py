@@ -100,19 +100,31 @@ def test_the_blocks_of_k_change_no_bit():
     pcol, pw = packed.panels([(0, N)], nr)
     P = np.empty((len(pcol), K, nr), np.float32)
     packed.pack(b, False, pcol, pw, P, 0, len(pcol))
+    at = np.ascontiguousarray(a.T)  # a strided along k, its rows copied from the runs of at's rows
+    tiles = {}  # tile -> (P, pcol, pw)
+    for t in packed.LAYOUTS.values():
+        nr_t = packed.panel_width(np.float32, t)
+        pcol_t, pw_t = packed.panels([(0, N)], nr_t)
+        tiles[t] = (np.empty((len(pcol_t), K, nr_t), np.float32), pcol_t, pw_t)
+        packed.pack(b, False, pcol_t, pw_t, tiles[t][0], 0, len(pcol_t))
     for add in (False, True):
-        results = []
+        results, parts = [], []
         for kc in (packed.KC, 7, 64, 1024):  # 1024 > K: one block
             results.append(base.copy())
             packed.gemm(a, P, pcol, pw, results[-1], 0, len(pcol), 0, add, kc)
             for copy_a in (False, True):
                 results.append(base.copy())
                 packed._rows(a, P, pcol, pw, results[-1], 0, M, add, copy_a, 0, kc, np.empty((0, 0), np.float32))
-            at = np.ascontiguousarray(a.T)  # a strided along k, its rows copied from the runs of at's rows
             results.append(base.copy())
             packed._rows(at.T, P, pcol, pw, results[-1], 0, M, add, True, 0, kc, at)
+            for t, (Pt, pcol_t, pw_t) in tiles.items():  # a team member's rows, from r0 on, either tile
+                r0 = 2 * packed._MR[t]
+                parts.append((r0, base.copy()))
+                packed._rows(at.T, Pt, pcol_t, pw_t, parts[-1][1], r0, M, add, True, t, kc, at)
         for r in results[1:]:
             np.testing.assert_array_equal(r, results[0])
+        for r0, part in parts:
+            np.testing.assert_array_equal(part[r0:], results[0][r0:])
         np.testing.assert_allclose(results[0], (base if add else 0) + a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
 
 

@@ -358,23 +358,24 @@ def panels(segments, nr: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ whole matrices
 @njit(inline="always")
-def _strips(ak, at, strip, r0, b0, b1, k0, k1, t):
-    """``strip[j, k, i] = ak[b0 + j MR + i, k]``: rows ``b0:b1`` of a block ``ak`` of ``a``'s
-    columns ``k0:k1`` (``a``'s rows from ``r0`` on), copied tile by tile, ``k``-major, for
+def _strips(ak, at, strip, r0, k0, t):
+    """``strip[j, k, i] = ak[j MR + i, k]``: every row of a block ``ak`` of ``a``'s columns
+    ``k0 : k0 + kc`` (``a``'s rows from ``r0`` on), copied tile by tile, ``k``-major, for
     :func:`_rows`. With ``at`` (``a``'s transpose, C-ordered; ``a = dA^T``) the copy reads ``at``
-    16 rows at a time, each row's run of ``b1 - b0`` elements from memory once and in order, and
+    16 rows at a time, each row's run of ``M`` elements from memory once and in order, and
     deals those 16 ``k`` out to every tile's strip, which is then written in order too (row by row
     of ``at`` it would write one element every ``kc MR`` floats, all in one cache set). Copied tile
     by tile over all of ``k`` instead, each tile reads a few elements of every row of ``at``, rows
     a page apart: on an Intel Ice Lake (AVX-512) that copy took 20 ms of the 122 of LSTM's ``dA^T
     h`` at config C, this one 7.5 (NumPy reads ``dA`` in 5.3). Without ``at``: element by element
     through ``a``'s strides."""
+    M, kc = ak.shape
     MR = _MR[t]
-    full = (b1 - b0) // MR  # whole row tiles
+    full = M // MR  # whole row tiles
     if at.shape[0]:
-        for q0 in range(0, k1 - k0, 16):
-            q1 = min(k1 - k0, q0 + 16)
-            src = at[k0 + q0 : k0 + q1, r0 + b0 : r0 + b1]  # (q1 - q0, b1 - b0)
+        for q0 in range(0, kc, 16):
+            q1 = min(kc, q0 + 16)
+            src = at[k0 + q0 : k0 + q1, r0 : r0 + M]  # (q1 - q0, M)
             for j in range(full):
                 s, o = strip[j], j * MR
                 for k in range(q1 - q0):
@@ -385,12 +386,12 @@ def _strips(ak, at, strip, r0, b0, b1, k0, k1, t):
                         for i in range(_MR[1]):
                             s[q0 + k, i] = src[k, o + i]
             for k in range(q1 - q0):
-                for i in range(b1 - b0 - full * MR):
+                for i in range(M - full * MR):
                     strip[full, q0 + k, i] = src[k, full * MR + i]
         return
-    for r in range(b0, b1, MR):
-        m, s = min(MR, b1 - r), strip[(r - b0) // MR]
-        for k in range(k1 - k0):
+    for r in range(0, M, MR):
+        m, s = min(MR, M - r), strip[r // MR]
+        for k in range(kc):
             if m == MR and t == 0:  # a constant trip count: unrolled
                 for i in range(_MR[0]):
                     s[k, i] = ak[r + i, k]
@@ -432,7 +433,7 @@ def _rows(a, P, pcol, pw, c, r0, r1, add, copy_a, t, kc, at):
         k1 = min(K, k0 + kc)
         ak = a[:, k0:k1]
         if copy_a:
-            _strips(ak, at, strip, r0, 0, M, k0, k1, t)
+            _strips(ak, at, strip, r0, k0, t)
         for b0 in range(0, M, MC * MR):
             b1 = min(M, b0 + MC * MR)
             for p in range(pcol.shape[0]):
