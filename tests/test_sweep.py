@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -208,13 +209,16 @@ def _free_port() -> int:
 
 
 def test_sweep_on_a_ray_cluster_gives_the_local_results(text, tmp_path, local_sweep):
-    """A real cluster head (`ray start --head` on loopback) joined with --address. Runs before the
+    """A real cluster head (`ray start --head` on loopback, token authentication on, with a token
+    of its own) joined with --address; a driver without the token gets one line. Runs before the
     in-process instance below: `ray stop` ends every Ray process of this machine."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
     start = [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
              "--include-dashboard=false", "--disable-usage-stats"]
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray's default for a cluster; its clients must say so
+    # the token in the environment, not in ~/.ray/auth_token: a fresh machine has none there (Ray
+    # 2.60's `ray start` with RAY_AUTH_MODE=token refuses to start without one)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     try:
         started = subprocess.run(start, capture_output=True, text=True, timeout=180, env=env)
         assert started.returncode == 0, "ray start failed:\n" + started.stdout[-3000:] + started.stderr[-3000:]
@@ -224,6 +228,16 @@ def test_sweep_on_a_ray_cluster_gives_the_local_results(text, tmp_path, local_sw
                               capture_output=True, text=True, timeout=600, env=env)
         assert done.returncode == 0, done.stdout + done.stderr
         assert best_vals(out) == best_vals(local_sweep)
+        home = tmp_path / "home"  # no ~/.ray/auth_token there either
+        home.mkdir()
+        no_token = {**{k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}, "HOME": str(home)}
+        refused = subprocess.run([sys.executable, "-m", "rnnlab", "sweep", str(text), "--out", str(tmp_path / "x"),
+                                  *TINY, "--max-steps", "20", "--grid", "lr=0.01", "--backend", "ray",
+                                  "--address", f"127.0.0.1:{port}"],
+                                 capture_output=True, text=True, timeout=600, env=no_token)
+        err = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(err) == 1, refused.stdout + refused.stderr
+        assert "cannot reach the Ray cluster" in err[0] and "RAY_AUTH_TOKEN" in err[0], err
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
 

@@ -70,10 +70,12 @@ def _connect(ray, address: str | None, workers: int) -> bool:
             ray.init(address=address, **kw)
         else:
             ray.init(num_cpus=workers or None, **kw)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError, OSError, SystemExit) as exc:
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError, OSError, SystemExit,
+            ray.exceptions.RayError) as exc:  # RayError: e.g. AuthenticationError, token auth without a token
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        hint = ("check the address (ray start --head prints it), and set RAY_AUTH_MODE=token if the cluster uses "
-                "token authentication (Ray's default); or drop --address to start a local instance") if address else \
+        hint = ("check the address (ray start --head prints it); if the cluster uses token authentication, set "
+                "RAY_AUTH_MODE=token and give its token (the head's ~/.ray/auth_token copied here, or "
+                "RAY_AUTH_TOKEN); or drop --address to start a local instance") if address else \
             "see Ray's own messages above"
         raise RnnlabError(f"cannot reach {where}: {' '.join(str(exc).split())[:300]}; {hint}") from None
     return True
