@@ -96,17 +96,14 @@ def test_the_blocks_of_k_change_no_bit():
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
     base = rng.standard_normal((M, N)).astype(np.float32)
-    nr = packed.panel_width(np.float32, 0)
-    pcol, pw = packed.panels([(0, N)], nr)
-    P = np.empty((len(pcol), K, nr), np.float32)
-    packed.pack(b, False, pcol, pw, P, 0, len(pcol))
     at = np.ascontiguousarray(a.T)  # a strided along k, its rows copied from the runs of at's rows
-    tiles = {}  # tile -> (P, pcol, pw)
+    tiles = {}  # tile -> (P, pcol, pw): b's panels for that tile
     for t in packed.LAYOUTS.values():
         nr_t = packed.panel_width(np.float32, t)
         pcol_t, pw_t = packed.panels([(0, N)], nr_t)
         tiles[t] = (np.empty((len(pcol_t), K, nr_t), np.float32), pcol_t, pw_t)
         packed.pack(b, False, pcol_t, pw_t, tiles[t][0], 0, len(pcol_t))
+    P, pcol, pw = tiles[0]
     for add in (False, True):
         results, parts = [], []
         for kc in (packed.KC, 7, 64, 1024):  # 1024 > K: one block

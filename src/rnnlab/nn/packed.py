@@ -226,20 +226,22 @@ def _tile_kernel(NV, MR, a, panel, c, m, nv, add):
                     for v in range(nn):
                         res[r][v].add_incoming(init[r][v], head)
                         res[r][v].add_incoming(new[r][v], loop)
-                # plain stores where every lane of the last vector is one of the nv columns, a masked
-                # one only for a partial last vector: on an AMD Zen 3 the masked stores made the
-                # per-step products 4-33 % slower and the training step 3-18 % (docs/benchmarks.md, 17)
+                # plain stores, but a masked one for a last vector that ends past the nv columns
+                # (the others are whole): on an AMD Zen 3 the masked stores made the per-step
+                # products 4-33 % slower and the training step 3-18 % (docs/benchmarks.md, 17)
+                for r in range(mm):
+                    for v in range(nn - 1):
+                        builder.store(res[r][v], ptrs[r][v], align=size)
                 whole = fn.append_basic_block(f"tile.m{mm}v{nn}.whole")
                 part = fn.append_basic_block(f"tile.m{mm}v{nn}.part")
                 builder.cbranch(builder.icmp_signed(">=", nvv, i64(nn * VW)), whole, part)
                 for bb, masked in ((whole, False), (part, True)):
                     builder.position_at_end(bb)
                     for r in range(mm):
-                        for v in range(nn):
-                            if masked and v == nn - 1:
-                                builder.call(mstore, [res[r][v], ptrs[r][v], i32(size), masks[r][v]])
-                            else:
-                                builder.store(res[r][v], ptrs[r][v], align=size)
+                        if masked:
+                            builder.call(mstore, [res[r][-1], ptrs[r][-1], i32(size), masks[r][-1]])
+                        else:
+                            builder.store(res[r][-1], ptrs[r][-1], align=size)
                     builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
